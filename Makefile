@@ -1,0 +1,38 @@
+# CellMind's developer commands. `make test` and `make demo` create .venv and install what they need.
+#
+# TORCH_SPEC picks the PyTorch build installed before CellMind. The default is the CPU build; users with a GPU
+# can run e.g. `make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"`.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+
+.PHONY: test demo bench browser clean
+
+$(BIN)/cellmind: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# The browser test drives Debian's chromium through Playwright; nothing downloads a browser at run time.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "chromium is missing: run 'sudo apt-get install chromium' for the browser test"; fi; \
+	fi
+
+test: $(BIN)/cellmind browser
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(BIN)/cellmind
+	$(BIN)/python -m cellmind.demo
+
+bench: $(BIN)/cellmind
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

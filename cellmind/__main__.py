@@ -1,0 +1,5 @@
+import sys
+
+from cellmind.cli import main
+
+sys.exit(main())
