@@ -56,9 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """Route every logger through Hivemind's handler, so CellMind's lines and the swarm's look alike."""
+    from hivemind.utils.logging import use_hivemind_log_handler
+
+    use_hivemind_log_handler("in_root_logger")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("cellmind").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int | None], args) -> int:
     """Run ``run(args)`` and turn known errors and Ctrl-C into one line and an exit status."""
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    configure_logging(verbose=getattr(args, "verbose", False))
     try:
         return int(run(args) or ExitStatus.SUCCESS)
     except CellMindError as error:
