@@ -204,12 +204,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(
-            _(
-                "checkpoint not found: {path}; train a model with 'cellmind-peer' "
-                "or download the swarm's with 'cellmind checkpoint pull --initial-peers ADDR'"
-            ).format(path=path)
-        )
+        raise missing_checkpoint_error(path)
     body = _read_verified_payload(path)
     try:
         payload = torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
@@ -218,6 +213,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             _("checkpoint {path} cannot be read: {error}").format(path=path, error=error)
         ) from error
     return _checkpoint_from_payload(payload, path)
+
+
+def missing_checkpoint_error(path: str | Path) -> MissingFileError:
+    return MissingFileError(
+        _(
+            "checkpoint not found: {path}; train a model with `cellmind-peer` "
+            "or download the swarm's with `cellmind checkpoint pull --initial-peers ADDR`"
+        ).format(path=path)
+    )
 
 
 def _read_verified_payload(path: Path) -> bytes:
