@@ -1,0 +1,66 @@
+"""iOS TXT exports: Korean UI on a 12- or 24-hour clock, and English UI.
+
+    Talk_2022.10.31 09:14-1.txt                                 title: the export's file name
+    저장한 날짜 : 2022. 10. 31. 오전 9:14
+    2022년 10월 29일 토요일                                       date line
+    2022. 10. 29. 오후 9:03: 김도담님이 박한결님을 초대했습니다.    notice: ``:`` right after the time
+    2022. 10. 29. 오후 9:03, 김도담 : 다들 주말에 시간 돼?          message
+    2023. 3. 1. 21:31, 김도담 : text                             24-hour clock
+    Saturday, October 29, 2022                                  English date line
+    Oct 29, 2022 at 21:03, Hana K : text                        English message
+    Oct 29, 2022 at 21:03: Hana K joined this chatroom.         English notice
+
+Long chats come split into ``-1.txt``, ``-2.txt`` ... files, which the reader joins before parsing.
+"""
+
+import re
+from datetime import date
+
+from cellmind.exports.table import SYSTEM
+from cellmind.exports.text_layout import DayLine, Record, TextLayout, split_sender
+from cellmind.exports.timestamps import make_timestamp, month_number
+
+KOREAN = re.compile(r"(\d{4})\. (\d{1,2})\. (\d{1,2})\. (?:(오전|오후) )?(\d{1,2}):(\d{2})([,:]) ?(.*)")
+ENGLISH = re.compile(r"([A-Z][a-z]{2,8})\.? (\d{1,2}), (\d{4}) at (\d{1,2}):(\d{2})(?: ?([AaPp][Mm]))?([,:]) ?(.*)")
+KOREAN_DAY = re.compile(r"(\d{4})년 (\d{1,2})월 (\d{1,2})일 \S+요일")
+ENGLISH_DAY = re.compile(r"[A-Z][a-z]+, ([A-Z][a-z]{2,8}) (\d{1,2}), (\d{4})")
+SAVED_DATE = re.compile(
+    r"(?:저장한 날짜 : \d{4}\. \d{1,2}\. \d{1,2}\. |Date Saved : [A-Z][a-z]{2,8} \d{1,2}, \d{4} at ).*"
+)
+NEAR_MISS = re.compile(
+    r"\d{4}\. \d{1,2}\. \d{1,2}\. (?:(?:오전|오후) )?\d{1,2}:\d{2}|[A-Z][a-z]{2,8}\.? \d{1,2}, \d{4} at \d{1,2}:\d{2}"
+)
+
+
+def classify(line: str, day: date | None) -> Record | DayLine | None:
+    match = KOREAN.fullmatch(line)
+    if match:
+        year, month, day_of_month, meridiem, hour, minute, separator, rest = match.groups()
+    elif match := ENGLISH.fullmatch(line):
+        month, day_of_month, year, hour, minute, meridiem, separator, rest = match.groups()
+    else:
+        return _day_line(line)
+    timestamp = make_timestamp(year, month, day_of_month, hour, minute, meridiem)
+    if separator == ":":
+        return Record(timestamp, "", rest, SYSTEM)
+    return split_sender(timestamp, rest)
+
+
+def _day_line(line: str) -> DayLine | None:
+    if match := KOREAN_DAY.fullmatch(line):
+        year, month, day_of_month = match.groups()
+        return DayLine(date(int(year), int(month), int(day_of_month)))
+    if match := ENGLISH_DAY.fullmatch(line):
+        month, day_of_month, year = match.groups()
+        return DayLine(date(int(year), month_number(month), int(day_of_month)))
+    return None
+
+
+LAYOUT = TextLayout(
+    format="ios_txt",
+    label="an iOS TXT export",
+    classify=classify,
+    record_signatures=(KOREAN, ENGLISH),
+    other_signatures=(KOREAN_DAY, ENGLISH_DAY, SAVED_DATE),
+    near_miss=NEAR_MISS,
+)

@@ -1,0 +1,62 @@
+"""Windows PC TXT exports, Korean and English UI.
+
+    등산 모임 님과 카카오톡 대화                                  title (English: "NAME with KakaoTalk Chats")
+    저장한 날짜 : 2022-10-31 09:14:05
+    --------------- 2022년 10월 29일 토요일 ---------------      date line
+    김도담님이 박한결님, 이윤슬님을 초대하였습니다.                   notice: a bare line, no timestamp
+    [김도담] [오후 9:03] 다들 주말에 시간 돼?                      message (English: [9:03 PM])
+
+Records carry only a time; the date comes from the date line above them. A record before any date line gets
+no timestamp. Notices have no time at all, so their rows have none either.
+"""
+
+import re
+from datetime import date, datetime
+
+from cellmind.exports.table import MESSAGE
+from cellmind.exports.text_layout import DayLine, Record, TextLayout
+from cellmind.exports.timestamps import hour_of_day, month_number
+
+RECORD = re.compile(r"\[(.+?)\] \[(?:(오전|오후) )?(\d{1,2}):(\d{2})(?: ?([AaPp][Mm]))?\] ?(.*)")
+DAY = re.compile(r"-{5,} (.+?) -{5,}")
+KOREAN_DATE = re.compile(r"(\d{4})년 (\d{1,2})월 (\d{1,2})일(?: \S+요일)?")
+ENGLISH_DATE = re.compile(r"(?:[A-Z][a-z]+, )?([A-Z][a-z]{2,8}) (\d{1,2}), (\d{4})")
+SAVED_DATE = re.compile(r"(?:저장한 날짜|Date Saved) : \d{4}-\d{1,2}-\d{1,2} \d{1,2}:\d{2}.*")
+DAY_SIGNATURE = re.compile(r"-{5,} (?:\d{4}년 \d{1,2}월 \d{1,2}일|(?:[A-Z][a-z]+, )?[A-Z][a-z]{2,8} \d{1,2}, \d{4}).* -{5,}")
+NEAR_MISS = re.compile(r"\[[^\]]*\] \[(?:(?:오전|오후) )?\d{1,2}:\d{2}|-{5,} ")
+
+
+def classify(line: str, day: date | None) -> Record | DayLine | None:
+    match = RECORD.fullmatch(line)
+    if match:
+        sender, korean_meridiem, hour, minute, english_meridiem, text = match.groups()
+        hour_value = hour_of_day(int(hour), korean_meridiem or english_meridiem)
+        timestamp = datetime(day.year, day.month, day.day, hour_value, int(minute)) if day else None
+        if timestamp is None:
+            datetime(2000, 1, 1, hour_value, int(minute))  # still reject a time that does not exist
+        return Record(timestamp, sender, text, MESSAGE)
+    match = DAY.fullmatch(line)
+    if match:
+        return DayLine(_parse_date(match.group(1)))
+    return None
+
+
+def _parse_date(text: str) -> date:
+    if match := KOREAN_DATE.fullmatch(text):
+        year, month, day_of_month = match.groups()
+        return date(int(year), int(month), int(day_of_month))
+    if match := ENGLISH_DATE.fullmatch(text):
+        month, day_of_month, year = match.groups()
+        return date(int(year), month_number(month), int(day_of_month))
+    raise ValueError(f"unknown date line {text!r}")
+
+
+LAYOUT = TextLayout(
+    format="pc_txt",
+    label="a Windows PC TXT export",
+    classify=classify,
+    record_signatures=(RECORD,),
+    other_signatures=(DAY_SIGNATURE, SAVED_DATE),
+    near_miss=NEAR_MISS,
+    bare_notices=True,
+)

@@ -1,0 +1,141 @@
+"""The line loop shared by the TXT layouts (Windows PC, Android, iOS).
+
+Each layout module supplies ``classify(line, day)``, which reads one line as a record start (``Record``), a date
+line (``DayLine``) or neither (``None``). This loop does the rest, the same way for every layout:
+
+- Header: before the first record or date line, only blank lines, the title (the first line of text, when a title
+  pattern matches it or a saved-date line follows it) and saved-date lines may appear. Any other line is an error.
+- A line that is neither a record nor a date line continues the open record, so multi-line messages stay whole.
+  Blank lines at the end of a record are dropped.
+- A date line closes the open record. On Android it looks exactly like the next record's timestamp.
+- Windows PC TXT writes system notices as bare lines with no timestamp (``bare_notices``). A bare line that states
+  a whole known notice becomes a system row instead of gluing onto the message above it. After a system record,
+  every layout does the same, because open chats print the policy line under the join notice.
+- A bare line that starts like a record (``near_miss``) but does not parse is an error, and so is a date or time
+  that does not exist. Both mean a broken line that a user should see, not text to glue onto a message.
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import NamedTuple
+
+from cellmind.exports.source import SourceLines
+from cellmind.exports.system import is_notice
+from cellmind.exports.table import MESSAGE, SYSTEM, RecordTable
+from cellmind.i18n import _
+
+SAVED_DATE = re.compile(r"(?:저장한 날짜|Date Saved) ?: ")
+TITLE = re.compile(r".*님과 카카오톡 대화|KakaoTalk Chats with .*|.* with KakaoTalk Chats|Talk_.*\.txt")
+HEADER_SCAN_LINES = 20  # a title is followed by its saved-date line within this many lines
+
+
+class Record(NamedTuple):
+    timestamp: datetime | None
+    sender: str
+    text: str
+    kind: str
+
+
+class DayLine(NamedTuple):
+    day: date | None
+
+
+Classify = Callable[[str, "date | None"], "Record | DayLine | None"]
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    format: str
+    label: str  # the layout's name in messages, in English (translated where shown)
+    classify: Classify
+    record_signatures: tuple[re.Pattern, ...]  # a line matching one of these is a record of this layout
+    other_signatures: tuple[re.Pattern, ...]  # date lines and saved-date lines only this layout writes
+    near_miss: re.Pattern
+    bare_notices: bool = False
+
+
+def split_sender(timestamp: datetime | None, rest: str) -> Record:
+    """Split ``NAME : text`` at the first `` : `` (message bodies may contain more); no sender means a notice."""
+    cut = rest.find(" : ")
+    if cut >= 0:
+        return Record(timestamp, rest[:cut], rest[cut + 3 :], MESSAGE)
+    if rest.endswith(" :"):
+        return Record(timestamp, rest[:-2], "", MESSAGE)
+    return Record(timestamp, "", rest, SYSTEM)
+
+
+def header_length(lines: list[str]) -> int:
+    """Return how many leading lines are blank lines, the title and saved-date lines."""
+    title_allowed = True
+    for index, line in enumerate(lines):
+        if not line.strip() or SAVED_DATE.match(line):
+            continue
+        if title_allowed and (TITLE.fullmatch(line) or _saved_date_follows(lines, index)):
+            title_allowed = False
+            continue
+        return index
+    return len(lines)
+
+
+def parse_text(source: SourceLines, layout: TextLayout) -> RecordTable:
+    """Read every line after the header into records; raise InputFormatError on the first broken line."""
+    table = RecordTable()
+    lines = source.lines
+    start = header_length(lines)
+    open_kind: str | None = None  # kind of the record that continuation lines extend
+    started = False  # whether a record or date line has been seen
+    day: date | None = None
+    for index in range(start, len(lines)):
+        line = lines[index]
+        try:
+            parsed = layout.classify(line, day)
+        except ValueError:
+            raise source.unparsed_line_error(
+                index, _(layout.label), _("The date or time in it does not exist.")
+            ) from None
+        if parsed is None:
+            open_kind = _read_bare_line(source, layout, table, index, open_kind, started)
+        elif isinstance(parsed, Record):
+            table.add(*parsed)
+            open_kind = parsed.kind
+        else:
+            table.close()
+            day = parsed.day
+            open_kind = None
+        started = True
+    return table
+
+
+def _read_bare_line(
+    source: SourceLines, layout: TextLayout, table: RecordTable, index: int, open_kind: str | None, started: bool
+) -> str | None:
+    """Place a line that is not a record start, and return the kind of the record open after it."""
+    line = source.lines[index]
+    if not line.strip():
+        if open_kind is not None:
+            table.continue_text(line)
+        return open_kind
+    if not started or layout.near_miss.match(line):
+        raise source.unparsed_line_error(index, _(layout.label))
+    if (layout.bare_notices or open_kind == SYSTEM) and is_notice(line):
+        timestamp = table.timestamps[-1] if open_kind == SYSTEM else None
+        table.add(timestamp, "", line, SYSTEM)
+        return SYSTEM
+    if open_kind is not None:
+        table.continue_text(line)
+        return open_kind
+    if layout.bare_notices:
+        # Right after a date line nothing can continue, so on Windows PC TXT this is a notice of a kind
+        # the patterns do not know.
+        table.add(None, "", line, SYSTEM)
+        return SYSTEM
+    raise source.unparsed_line_error(index, _(layout.label))
+
+
+def _saved_date_follows(lines: list[str], index: int) -> bool:
+    for line in lines[index + 1 : index + 1 + HEADER_SCAN_LINES]:
+        if line.strip():
+            return SAVED_DATE.match(line) is not None
+    return False
