@@ -1,0 +1,692 @@
+"""The training peer: the model, ``hivemind.Optimizer``, the step loop, progress lines, checkpoints and shutdown.
+
+One peer is one process (two optimizers in one process would share one signing key and look like one peer)::
+
+    cellmind-peer --bootstrap                        # first device: starts the swarm, prints the join line
+    cellmind-peer --initial-peers /ip4/.../p2p/...   # every other device
+
+Each micro-step runs forward and backward on ``batch_size_per_step`` local samples and hands the gradients to
+``hivemind.Optimizer``, which accumulates them until the swarm has ``target_batch_size`` samples, averages them
+with the other peers and takes one global step. A peer that joins late downloads the swarm's parameters,
+optimizer statistics and global epoch before its first micro-step.
+"""
+
+import hashlib
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hivemind
+import torch
+from hivemind.compression import (
+    CompressionBase,
+    CompressionInfo,
+    Float16Compression,
+    NoCompression,
+    RoleAdaptiveCompression,
+    SizeAdaptiveCompression,
+    Uniform8BitQuantization,
+)
+from hivemind.proto import runtime_pb2
+
+from cellmind.checkpoints import gpt_config_from, latest_path, load_latest_good, save_checkpoint
+from cellmind.config import Config
+from cellmind.errors import CheckpointError, ConfigError, SwarmError
+from cellmind.i18n import _
+from cellmind.model import GPT
+from cellmind.swarm import (
+    RunManifest,
+    SwarmSettings,
+    announce_join_line,
+    check_manifest,
+    shutdown_dht,
+    start_dht,
+    store_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+# Parameters are averaged every this many global epochs. Gradient averaging already gives every peer of a round
+# the same update, so parameter averaging only pulls back peers that missed a round (timeout, dropped link);
+# averaging them at every global step (Hivemind's default) would double the traffic for that rare case.
+AVERAGE_STATE_EVERY = 10
+LOAD_STATE_TIMEOUT = 120.0
+"""Seconds a joining peer waits for the swarm's state before it gives up."""
+MANIFEST_REFRESH_PERIOD = 60.0
+EVAL_BATCHES = 8
+"""Validation batches measured at each checkpoint."""
+
+
+@dataclass
+class PeerOptions:
+    """Everything one run of ``cellmind-peer`` needs; the CLI builds it from flags and the config."""
+
+    config: Config
+    swarm: SwarmSettings
+    bootstrap: bool = False
+    train: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+    """``auto`` (bf16 autocast where the device supports it fast: CUDA), ``fp32`` or ``bf16``."""
+    threads: int | None = None
+    name: str | None = None
+    max_steps: int | None = None
+    """Global steps this run takes part in before it stops; None means no limit."""
+    max_time: float | None = None
+    """Seconds of training before the peer stops; None means no limit."""
+    seed: int | None = None
+    """Seed of this peer's data sampling; None derives one from the peer id, so peers draw different windows."""
+    tensorboard_dir: Path | None = None
+    load_state_timeout: float = LOAD_STATE_TIMEOUT
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    """Set it (or send SIGINT/SIGTERM) to make the peer finish its micro-step, save and leave."""
+
+
+# model and parameters
+
+
+def parameter_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """Return a short SHA-256 of every tensor in ``state_dict`` as float32, in key order; equal models match."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to(device="cpu", dtype=torch.float32).contiguous()
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def new_model(config: Config, vocab_size: int) -> GPT:
+    """Build the model with the run's seed, so that every peer starts from the same parameters."""
+    gpt_config = gpt_config_from(config, vocab_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.training.seed)
+        return GPT(gpt_config)
+
+
+def run_manifest(config: Config, vocab_size: int, tokenizer_sha256: str) -> RunManifest:
+    model = config.model
+    return RunManifest(
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        n_embd=model.n_embd,
+        block_size=model.block_size,
+        vocab_size=vocab_size,
+        tokenizer_sha256=tokenizer_sha256,
+        target_batch_size=config.swarm.target_batch_size,
+    )
+
+
+def parameter_groups(model: GPT, weight_decay: float) -> list[dict]:
+    """AdamW groups in a fixed order: matrices decay, biases and LayerNorm gains do not (as in GPT-2)."""
+    decay, no_decay = [], []
+    for _name, parameter in model.named_parameters():  # the tied matrix appears once
+        (decay if parameter.dim() >= 2 else no_decay).append(parameter)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def optimizer_factory(config: Config):
+    lr = config.training.lr
+    return lambda groups: torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def scheduler_factory(config: Config):
+    """Linear warm-up over ``training.warmup_steps`` global epochs, then a constant rate."""
+    warmup = max(1, config.training.warmup_steps)
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: min(1.0, (epoch + 1) / warmup))
+
+
+# compression
+
+
+class BFloat16Compression(NoCompression):
+    """Send floating tensors of more than one element as bfloat16: half the bytes of fp32, with fp32's range.
+
+    Adam's second moments reach 1e-12 and below, which fp16 flushes to zero (and a zero there makes the next
+    update explode), while bfloat16 keeps the exponent. Receivers decode it with Hivemind's own NoCompression.
+    """
+
+    def compress(self, tensor: torch.Tensor, info: CompressionInfo, allow_inplace: bool = False) -> runtime_pb2.Tensor:
+        if not tensor.is_floating_point() or tensor.numel() <= 1:
+            return super().compress(tensor, info, allow_inplace)  # Adam's step counters stay exact
+        data = tensor.detach().cpu().to(torch.bfloat16).view(torch.int16)
+        return runtime_pb2.Tensor(
+            compression=self.compression_type,
+            buffer=data.numpy().tobytes(),
+            size=tensor.shape,
+            dtype="bfloat16",
+            requires_grad=tensor.requires_grad,
+        )
+
+    def estimate_compression_ratio(self, info: CompressionInfo) -> float:
+        return 0.5
+
+
+def compression_options(name: str) -> dict[str, CompressionBase]:
+    """Hivemind compression settings for the config's ``swarm.compression`` (``none``, ``fp16``, ``uint8``).
+
+    - Gradients: fp16, or 8-bit for large tensors with ``uint8`` (small ones such as biases stay fp16 because
+      their quantization error is relatively large).
+    - Parameter averaging: fp16 at most; 8-bit parameters would add noise to every peer's weights.
+    - State download of a joining peer: parameters travel exactly, so that it holds the same parameters as the
+      peer it downloaded from, and optimizer statistics as bfloat16. This sends 2.0x the parameter bytes
+      instead of Hivemind's default 4x (parameters, both Adam moments and gradient buffers, all fp32);
+      gradient buffers are not shared at all (see :func:`make_optimizer`).
+    """
+    if name == "none":
+        return dict(
+            grad_compression=NoCompression(),
+            state_averaging_compression=NoCompression(),
+            load_state_compression=NoCompression(),
+        )
+    if name not in ("fp16", "uint8"):
+        raise ConfigError(
+            _("swarm.compression must be none, fp16 or uint8, got {value!r}").format(value=name)
+        )
+    gradients = Float16Compression()
+    if name == "uint8":
+        gradients = SizeAdaptiveCompression(
+            threshold=2**16 + 1, less=Float16Compression(), greater_equal=Uniform8BitQuantization()
+        )
+    return dict(
+        grad_compression=gradients,
+        state_averaging_compression=Float16Compression(),
+        load_state_compression=RoleAdaptiveCompression(
+            parameter=NoCompression(), optimizer=BFloat16Compression(), default=NoCompression()
+        ),
+    )
+
+
+# the optimizer
+
+
+class CellMindOptimizer(hivemind.Optimizer):
+    """``hivemind.Optimizer`` that remembers how many peers averaged gradients in the last global step.
+
+    NOTE: this overrides two private methods of hivemind 1.1.12's Optimizer (``_update_global_epoch`` and
+    ``_average_gradients_and_load_into_optimizer``) only to read the group size; recheck them when upgrading.
+    """
+
+    last_round_size: int = 1
+
+    def _update_global_epoch(self, grad_scaler) -> None:
+        self.last_round_size = 1
+        super()._update_global_epoch(grad_scaler)
+
+    def _average_gradients_and_load_into_optimizer(self, maybe_step_control) -> None:
+        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+        control = maybe_step_control
+        if control is not None and control.done() and not control.cancelled() and control.exception() is None:
+            self.last_round_size = len(control.result())
+
+
+def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOptimizer:
+    """Create the collaborative optimizer over ``model``; client mode comes from the DHT.
+
+    Chosen settings:
+
+    - ``use_local_updates=False``: peers accumulate gradients to ``target_batch_size`` and apply one averaged
+      update, which equals large-batch training and leaves every peer of a round with the same parameters.
+    - ``delay_optimizer_step``/``delay_grad_averaging`` off: the step runs before ``step()`` returns, so a
+      checkpoint or progress line written right after a global step shows that step. On a CPU peer the update
+      itself is short next to accumulating a target batch, so overlapping it would gain little.
+    - ``offload_optimizer=True``: Adam's statistics live in host memory, next to the buffers that Hivemind
+      averages into, which spares GPU memory on CUDA peers.
+    - ``reuse_grad_buffers=False``: each micro-step's gradients are clipped before accumulation, which needs a
+      fresh ``.grad`` every micro-step.
+    - ``average_state_every``: see :data:`AVERAGE_STATE_EVERY`.
+    """
+    swarm = config.swarm
+    optimizer = CellMindOptimizer(
+        dht=dht,
+        run_id=swarm.run_id,
+        target_batch_size=swarm.target_batch_size,
+        batch_size_per_step=config.training.batch_size,
+        params=parameter_groups(model, config.training.weight_decay),
+        optimizer=optimizer_factory(config),
+        scheduler=scheduler_factory(config),
+        matchmaking_time=swarm.matchmaking_time,
+        averaging_timeout=swarm.averaging_timeout,
+        load_state_timeout=LOAD_STATE_TIMEOUT,
+        offload_optimizer=True,
+        delay_optimizer_step=False,
+        delay_grad_averaging=False,
+        delay_state_averaging=True,
+        average_state_every=AVERAGE_STATE_EVERY,
+        use_local_updates=False,
+        reuse_grad_buffers=False,
+        # Hivemind advises a request timeout below the matchmaking time, or matchmaking may deadlock.
+        averager_opts=dict(request_timeout=min(3.0, swarm.matchmaking_time / 2)),
+        verbose=False,
+        **compression_options(swarm.compression),
+    )
+    if optimizer.grad_averager.allow_state_sharing:
+        # Joining peers reset their gradient accumulators anyway, so sending them ours is wasted traffic.
+        optimizer.grad_averager.allow_state_sharing = False
+    copy_model_into_optimizer(optimizer, model)
+    return optimizer
+
+
+@torch.no_grad()
+def copy_model_into_optimizer(optimizer: hivemind.Optimizer, model: GPT) -> None:
+    """Make the offloaded parameters equal the model's again.
+
+    Hivemind initializes Adam's statistics with one step on zero gradients, which AdamW's weight decay turns
+    into a small change of the offloaded copy; without this a resumed model would not be its checkpoint.
+    """
+    offloaded = [p for group in optimizer.opt.param_groups for p in group["params"]]
+    main = [p for group in optimizer.param_groups for p in group["params"]]
+    for target, source in zip(offloaded, main, strict=True):
+        target.copy_(source.detach().to(target.device, target.dtype))
+    del model  # the main parameters above are the model's own
+
+
+def state_sharers(optimizer: hivemind.Optimizer) -> int:
+    """Count the other peers that currently offer their training state for download."""
+    averager = optimizer.state_averager
+    key = f"{optimizer.run_id}_state_averager.all_averagers"
+    found = averager.dht.get(key, latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return 0
+    own = averager.peer_id.to_bytes()
+    return sum(1 for peer, entry in found.value.items() if peer != own and entry.value is not None)
+
+
+def sync_with_swarm(optimizer: hivemind.Optimizer, timeout: float) -> bool:
+    """Download the swarm's parameters, optimizer statistics and global epoch if any peer offers them.
+
+    Returns False when no other peer shares state (this is the first trainer). Hivemind's own download retries
+    without end, so it runs in a daemon thread here and a SwarmError ends the wait after ``timeout`` seconds.
+    """
+    if state_sharers(optimizer) == 0:
+        return False
+    errors: list[BaseException] = []
+
+    def download() -> None:
+        try:
+            optimizer.load_state_from_peers()
+        except BaseException as error:  # reported to the waiting thread below
+            errors.append(error)
+
+    worker = threading.Thread(target=download, name="load_state_from_peers", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise SwarmError(
+            _(
+                "could not download the swarm's model within {seconds:.0f} s; the peers may be overloaded or "
+                "unreachable from this device (try --client-mode), or run a newer CellMind"
+            ).format(seconds=timeout)
+        )
+    if errors:
+        raise SwarmError(_("downloading the swarm's model failed: {error}").format(error=errors[0]))
+    return True
+
+
+# devices
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(_("--device cuda was requested, but PyTorch sees no CUDA device; use --device cpu"))
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(_("--device mps was requested, but this PyTorch has no MPS support; use --device cpu"))
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str) -> AbstractContextManager:
+    """bf16 autocast on CUDA devices that support it (``auto``) or when asked (``bf16``); fp32 otherwise."""
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    if not use_bf16:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# signals
+
+
+class StopSignals:
+    """Turn the first SIGINT/SIGTERM into ``stop_event``; a second one interrupts at once.
+
+    Hivemind forks its DHT and averager processes from this one, and they inherit these handlers, so a
+    handler running in another process restores the default action and re-sends the signal to itself.
+    """
+
+    def __init__(self, stop_event: threading.Event):
+        self.stop_event = stop_event
+        self.pid = os.getpid()
+        self.previous = {}
+
+    def __enter__(self) -> "StopSignals":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self.pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.stop_event.is_set():
+            raise KeyboardInterrupt
+        logger.warning(
+            f"Received {signal.Signals(signum).name}: finishing the current micro-step, saving a checkpoint "
+            "and leaving the swarm (send it again to stop at once)"
+        )
+        self.stop_event.set()
+
+
+# the run
+
+
+def run_peer(options: PeerOptions) -> int:
+    """Join or start the swarm and train until a limit, a signal or ``options.stop_event``; return global steps."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    with StopSignals(options.stop_event):
+        if not options.train:
+            relay_only(options)
+            return 0
+        peer = TrainingPeer(options)
+        try:
+            peer.start()
+            return peer.train()
+        finally:
+            peer.close()
+
+
+def relay_only(options: PeerOptions) -> None:
+    """Run a DHT node that helps peers find each other and trains nothing, until stopped."""
+    dht = start_dht(options.swarm)
+    try:
+        announce_join_line(dht, options.swarm)
+        logger.warning("This peer only relays (--no-train): it keeps no model and shares no training state")
+        options.stop_event.wait(options.max_time)
+    finally:
+        shutdown_dht(dht)
+
+
+class TrainingPeer:
+    """One training peer's resources and loop; :func:`run_peer` drives it."""
+
+    def __init__(self, options: PeerOptions):
+        from cellmind.dataset import TokenWindows, ensure_token_file
+        from cellmind.tokenizer import load_tokenizer
+
+        self.options = options
+        self.config = config = options.config
+        self.device = pick_device(options.device)
+        self.autocast = autocast_for(self.device, options.precision)
+        self.tokenizer = load_tokenizer(config.tokenizer.model_path)
+        self.token_file = ensure_token_file(config.training.dataset_path, self.tokenizer)
+        self.checkpoint_path = latest_path(config.model.checkpoint)
+        self.manifest = run_manifest(config, self.tokenizer.vocab_size, self.tokenizer.sha256)
+        self.model, resumed = self._build_model()
+        self.dht = self.optimizer = self.metrics = self.writer = None
+        self._resumed_optimizer_state = resumed.optimizer_state if resumed is not None else None
+        self._make_windows = lambda seed: TokenWindows(self.token_file, config.training.seq_len, seed)
+        self._val_path = Path(config.training.val_path)
+        self.global_steps = 0
+        self.training_started = False
+
+    def _build_model(self):
+        """Resume from this peer's latest checkpoint if there is one, else build the seeded initial model."""
+        checkpoint = load_latest_good(self.checkpoint_path)
+        model = new_model(self.config, self.tokenizer.vocab_size)
+        if checkpoint is not None:
+            self._check_resumable(checkpoint)
+            model.load_state_dict(checkpoint.model_state)
+            model.tie_weights()
+            logger.warning(
+                f"Resuming from {checkpoint.path} at global epoch {checkpoint.global_epoch}; "
+                "the swarm's state replaces it if the swarm is ahead"
+            )
+        return model.to(self.device), checkpoint
+
+    def _check_resumable(self, checkpoint) -> None:
+        if checkpoint.tokenizer_sha256 != self.tokenizer.sha256:
+            raise CheckpointError(
+                _(
+                    "checkpoint {path} was trained with another tokenizer (SHA-256 {theirs:.12}, this one is "
+                    "{ours:.12}); move the checkpoint away or use the tokenizer it was trained with"
+                ).format(path=checkpoint.path, theirs=checkpoint.tokenizer_sha256, ours=self.tokenizer.sha256)
+            )
+        expected = gpt_config_from(self.config, self.tokenizer.vocab_size)
+        found = gpt_config_from(checkpoint.config, self.tokenizer.vocab_size)
+        shape = ("n_layer", "n_head", "n_embd", "block_size")
+        if any(getattr(expected, name) != getattr(found, name) for name in shape):
+            raise CheckpointError(
+                _("checkpoint {path} holds a model of another shape than the config; move it away or "
+                  "use the config it was trained with").format(path=checkpoint.path)
+            )
+
+    def start(self) -> None:
+        """Join the swarm, check that it trains this model, and take over its state."""
+        from cellmind.metrics import MetricsPublisher
+
+        options, swarm = self.options, self.options.swarm
+        self.dht = start_dht(swarm)
+        if options.bootstrap:
+            announce_join_line(self.dht, swarm)
+        check_manifest(self.dht, swarm.run_id, self.manifest, timeout=swarm.join_timeout)
+        store_manifest(self.dht, swarm.run_id, self.manifest)
+        self._manifest_stored_at = time.monotonic()
+
+        self.optimizer = make_optimizer(self.dht, self.model, self.config)
+        if self._resumed_optimizer_state is not None:
+            self._load_resumed_optimizer_state()
+        if sync_with_swarm(self.optimizer, options.load_state_timeout):
+            print(
+                _("Joined the swarm at global epoch {epoch} (parameter digest {digest})").format(
+                    epoch=self.optimizer.local_epoch, digest=parameter_digest(self.model.state_dict())
+                ),
+                flush=True,
+            )
+        else:
+            logger.info(f"No peer shares training state yet; starting at global epoch {self.optimizer.local_epoch}")
+        logger.info(
+            f"parameters at global epoch {self.optimizer.local_epoch} before training: "
+            f"digest {parameter_digest(self.model.state_dict())}"
+        )
+
+        seed = options.seed if options.seed is not None else derived_seed(self.dht.peer_id.to_bytes())
+        self.windows = self._make_windows(seed)
+        name = options.name or f"peer-{self.dht.peer_id.to_base58()[-6:]}"
+        self.metrics = MetricsPublisher(
+            self.dht, swarm.run_id, name=name, device=self.device.type, client_mode=self.dht.client_mode,
+            target_batch_size=self.config.swarm.target_batch_size,
+        )
+        if options.tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(options.tensorboard_dir))
+
+    def _load_resumed_optimizer_state(self) -> None:
+        try:
+            self.optimizer.load_state_dict(self._resumed_optimizer_state)
+        except (ValueError, KeyError, RuntimeError) as error:
+            logger.warning(f"Could not restore the optimizer state from {self.checkpoint_path}: {error}")
+        self._resumed_optimizer_state = None
+
+    def train(self) -> int:
+        """Run micro-steps until a limit is reached or a stop is requested; return the global steps taken."""
+        options, training = self.options, self.config.training
+        deadline = time.monotonic() + options.max_time if options.max_time else math.inf
+        max_samples = training.epochs * self.windows.epoch_size if training.epochs else math.inf
+        samples_seen, tokens_seen = 0, 0
+        progress = EpochProgress(self.optimizer.local_epoch)
+        alone_warned = False
+        self.training_started = True
+
+        while not options.stop_event.is_set() and time.monotonic() < deadline and samples_seen < max_samples:
+            loss = self.micro_step()
+            samples_seen += training.batch_size
+            tokens_seen += training.batch_size * training.seq_len
+            progress.add(loss, training.batch_size)
+            self.metrics.report(
+                local_epoch=self.optimizer.local_epoch, samples_per_second=progress.samples_per_second(),
+                loss=loss, tokens_processed=tokens_seen,
+            )
+
+            if self.optimizer.local_epoch != progress.epoch:
+                alone_warned = self.on_global_step(progress, alone_warned)
+                progress = EpochProgress(self.optimizer.local_epoch)
+                if options.max_steps is not None and self.global_steps >= options.max_steps:
+                    break
+        self._log_stop_reason(deadline, samples_seen, max_samples)
+        return self.global_steps
+
+    def micro_step(self) -> float:
+        """Forward and backward on one local batch, then hand the gradients to Hivemind; return the loss."""
+        x, y = self.windows.get_batch(self.config.training.batch_size)
+        x, y = x.to(self.device), y.to(self.device)
+
+        self.model.train()
+        with self.autocast:
+            _logits, loss = self.model(x, y)
+        loss.backward()
+        if self.config.training.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip)
+
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return loss.item()
+
+    def on_global_step(self, progress: "EpochProgress", alone_warned: bool) -> bool:
+        """Log, publish and checkpoint after the swarm moved to a new global epoch; return the alone-warning flag."""
+        self.global_steps += 1
+        epoch, optimizer = self.optimizer.local_epoch, self.optimizer
+        peers = optimizer.last_round_size
+        lr = optimizer.opt.param_groups[0]["lr"]
+        print(
+            _("global epoch {epoch} | loss {loss:.3f} | {speed:.0f} samples/s | {peers} peers in last round | "
+              "lr {lr:.1e}").format(
+                epoch=epoch, loss=progress.mean_loss(), speed=progress.samples_per_second(), peers=peers, lr=lr
+            ),
+            flush=True,
+        )
+        logger.info(f"parameters at global epoch {epoch}: digest {parameter_digest(self.model.state_dict())}")
+        self._write_scalars(epoch, progress, peers, lr)
+
+        alone = optimizer.tracker.global_progress.num_peers <= 1 and peers <= 1
+        if alone and not alone_warned:
+            logger.warning(
+                "No other peer to average with: training alone on local gradients. The parameters still "
+                "change and peers that join later download them."
+            )
+        if time.monotonic() - self._manifest_stored_at > MANIFEST_REFRESH_PERIOD:
+            store_manifest(self.dht, self.options.swarm.run_id, self.manifest)
+            self._manifest_stored_at = time.monotonic()
+        if epoch % max(1, self.config.training.checkpoint_every) == 0:
+            self.save()
+            self.validate(epoch)
+        return alone
+
+    def _write_scalars(self, epoch: int, progress: "EpochProgress", peers: int, lr: float) -> None:
+        if self.writer is None:
+            return
+        self.writer.add_scalar("train/loss", progress.mean_loss(), epoch)
+        self.writer.add_scalar("train/samples_per_second", progress.samples_per_second(), epoch)
+        self.writer.add_scalar("swarm/peers_in_last_round", peers, epoch)
+        self.writer.add_scalar("train/lr", lr, epoch)
+        self.writer.flush()
+
+    def validate(self, epoch: int) -> float | None:
+        """Measure the loss on the first validation windows and publish it; None without a validation file."""
+        from cellmind.dataset import TokenWindows, ensure_token_file
+
+        if not self._val_path.is_file():
+            return None
+        windows = TokenWindows(ensure_token_file(self._val_path, self.tokenizer, show_progress=False),
+                               self.config.training.seq_len, seed=0)
+        losses = []
+        self.model.eval()
+        with torch.no_grad(), self.autocast:
+            for x, y in windows.iter_eval_batches(self.config.training.batch_size, EVAL_BATCHES):
+                losses.append(self.model(x.to(self.device), y.to(self.device))[1].item())
+        loss = sum(losses) / len(losses)
+        logger.info(f"validation loss {loss:.4f} at global epoch {epoch}")
+        self.metrics.report_validation(global_epoch=epoch, loss=loss)
+        if self.writer is not None:
+            self.writer.add_scalar("validation/loss", loss, epoch)
+        return loss
+
+    def save(self) -> Path:
+        """Write ``latest.pt`` and a numbered copy with the model, optimizer state and global epoch."""
+        self.optimizer.state_averager.step(wait_for_delayed_updates=True)
+        return save_checkpoint(
+            self.checkpoint_path,
+            model=self.model,
+            optimizer_state=self.optimizer.state_dict(),
+            global_epoch=self.optimizer.local_epoch,
+            config=self.config,
+            tokenizer_sha256=self.tokenizer.sha256,
+            keep=self.config.training.keep_checkpoints,
+        )
+
+    def _log_stop_reason(self, deadline: float, samples_seen: int, max_samples: float) -> None:
+        if self.options.stop_event.is_set():
+            logger.warning("Stopping on request")
+        elif time.monotonic() >= deadline:
+            logger.warning(f"Stopping: --max-time of {self.options.max_time:.0f} s reached")
+        elif samples_seen >= max_samples:
+            logger.warning(f"Stopping: {self.config.training.epochs} passes over the local data done")
+        else:
+            logger.warning(f"Stopping: --max-steps of {self.options.max_steps} global steps reached")
+
+    def close(self) -> None:
+        """Save a final checkpoint and leave the swarm; safe to call after a failed start."""
+        if self.metrics is not None:
+            self.metrics.shutdown()
+        if self.writer is not None:
+            self.writer.close()
+        if self.optimizer is not None:
+            try:
+                if self.training_started:
+                    print(_("Saved checkpoint {path}").format(path=self.save()), flush=True)
+            finally:
+                self.optimizer.shutdown()
+        if self.dht is not None:
+            shutdown_dht(self.dht)
+
+
+def derived_seed(peer_id: bytes) -> int:
+    """A data-sampling seed that differs between peers and stays the same for one identity."""
+    return int.from_bytes(hashlib.sha256(peer_id).digest()[:4], "big")
+
+
+class EpochProgress:
+    """Loss and throughput of this peer's micro-steps within one global epoch."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+        self.started = time.perf_counter()
+        self.loss_sum, self.micro_steps, self.samples = 0.0, 0, 0
+
+    def add(self, loss: float, samples: int) -> None:
+        self.loss_sum += loss
+        self.micro_steps += 1
+        self.samples += samples
+
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(1, self.micro_steps)
+
+    def samples_per_second(self) -> float:
+        return self.samples / max(1e-9, time.perf_counter() - self.started)
