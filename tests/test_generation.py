@@ -1,10 +1,19 @@
-"""Sampling: greedy cached == uncached across the context boundary, top-k/top-p, seeds, eos, cropping, streaming."""
+"""Sampling: greedy cached == uncached across the context boundary, top-k/top-p, seeds, eos, cropping, streaming;
+and `cellmind generate` on a saved checkpoint."""
+
+import json
+import logging
 
 import pytest
 import torch
 
+import cellmind.cli.generate as generate_command
+from cellmind.checkpoints import build_model, gpt_config_from, save_checkpoint
+from cellmind.cli import main
+from cellmind.config import Config
 from cellmind.generation import TextStream, crop_prompt, generate_tokens, kept_after_cut, sample_token
 from cellmind.model import GPT, GPTConfig
+from cellmind.tokenizer import load_tokenizer, train_tokenizer
 
 TINY = GPTConfig(vocab_size=53, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 
@@ -179,3 +188,208 @@ def test_text_stream_finish_returns_held_bytes():
     stream = TextStream(decode, [])
     assert stream.push("가".encode()[0]) == ""
     assert stream.finish() == "\ufffd"
+
+
+# `cellmind generate`, run in-process on a checkpoint saved with a tokenizer trained here
+
+KOREAN_LINES = [
+    "안녕 GPT! 오늘 날씨 어때?",
+    "점심 뭐 먹을까 ㅋㅋ",
+    "나는 김치찌개 먹고 싶어",
+    "내일 회의는 몇 시야?",
+    "세 시에 보자 안녕",
+]
+RUN_CONFIG = Config.from_dict({"model": {"n_embd": 16, "n_head": 2, "n_layer": 2, "block_size": 16, "dropout": 0.0}})
+
+
+def train_small_tokenizer(directory, lines):
+    directory.mkdir(parents=True, exist_ok=True)
+    text_path = directory / "text.txt"
+    text_path.write_text("\n".join(lines * 20), encoding="utf-8")
+    return load_tokenizer(train_tokenizer(text_path, directory, vocab_size="auto"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return train_small_tokenizer(tmp_path_factory.mktemp("tokenizer"), KOREAN_LINES)
+
+
+def lively_model(tokenizer, seed: int) -> GPT:
+    """A random model over the tokenizer's vocabulary whose greedy text keeps changing."""
+    torch.manual_seed(seed)
+    model = GPT(gpt_config_from(RUN_CONFIG, tokenizer.vocab_size))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 1.0)
+    return model.eval()
+
+
+@pytest.fixture
+def run_dir(tmp_path, tokenizer):
+    """A config file naming the tokenizer and a checkpoint directory that does not exist yet."""
+    config = {
+        "model": {"n_embd": 16, "n_head": 2, "n_layer": 2, "block_size": 16, "dropout": 0.0,
+                  "checkpoint": str(tmp_path / "checkpoints" / "latest.pt")},
+        "tokenizer": {"model_path": str(tokenizer.path)},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return tmp_path
+
+
+def save_run_checkpoint(run_dir, model, tokenizer, global_epoch, sha256=None):
+    return save_checkpoint(
+        run_dir / "checkpoints",
+        model=model,
+        optimizer_state=None,
+        global_epoch=global_epoch,
+        config=RUN_CONFIG,
+        tokenizer_sha256=sha256 or tokenizer.sha256,
+    )
+
+
+def expected_greedy_text(model, tokenizer, prompt, count):
+    ids = [tokenizer.start_id, *tokenizer.encode(prompt)]
+    tokens = list(generate_tokens(model, ids, count, temperature=0, eos_id=tokenizer.eos_id))
+    return tokenizer.decode(ids + tokens)[len(tokenizer.decode(ids)) :]
+
+
+def generate(run_dir, *flags):
+    return main(["generate", "--config", str(run_dir / "config.json"), "--device", "cpu", *flags])
+
+
+def test_cli_greedy_text_matches_saved_model(run_dir, tokenizer, capsys, monkeypatch):
+    model = lively_model(tokenizer, seed=1)
+    save_run_checkpoint(run_dir, model, tokenizer, global_epoch=3)
+    built = []
+
+    def recording_build_model(checkpoint):
+        built.append(build_model(checkpoint))
+        return built[-1]
+
+    monkeypatch.setattr(generate_command, "build_model", recording_build_model)
+
+    status = generate(run_dir, "--prompt", "안녕 GPT!", "--temperature", "0", "--max-new-tokens", "40")
+    output = capsys.readouterr().out
+    assert status == 0
+    assert output == expected_greedy_text(model, tokenizer, "안녕 GPT!", 40) + "\n"
+    assert len(output.strip()) > 0
+
+    loaded = built[0]
+    assert loaded.is_tied()
+    idx = torch.tensor([[tokenizer.start_id, *tokenizer.encode("점심 뭐 먹을까")]])
+    with torch.no_grad():
+        assert torch.equal(loaded(idx)[0], model(idx)[0])
+
+
+def test_cli_no_cache_gives_same_text(run_dir, tokenizer, capsys):
+    save_run_checkpoint(run_dir, lively_model(tokenizer, seed=2), tokenizer, global_epoch=1)
+    flags = ("--prompt", "내일 회의는", "--temperature", "0", "--max-new-tokens", "50")
+    assert generate(run_dir, *flags) == 0
+    cached = capsys.readouterr().out
+    assert generate(run_dir, *flags, "--no-cache") == 0
+    assert capsys.readouterr().out == cached
+
+
+def test_cli_seed_repeats_sample(run_dir, tokenizer, capsys):
+    save_run_checkpoint(run_dir, lively_model(tokenizer, seed=2), tokenizer, global_epoch=1)
+    flags = ("--prompt", "안녕", "--max-new-tokens", "30", "--temperature", "1.0", "--top-p", "1")
+    outputs = []
+    for seed in ("5", "5", "6"):
+        assert generate(run_dir, *flags, "--seed", seed) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    assert outputs[0] != outputs[2]
+
+
+def test_cli_prompt_file_and_flag_overrides(tmp_path, run_dir, tokenizer, capsys):
+    model = lively_model(tokenizer, seed=3)
+    elsewhere = tmp_path / "elsewhere"
+    save_run_checkpoint(elsewhere, model, tokenizer, global_epoch=1)
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("세 시에 보자", encoding="utf-8")
+
+    status = generate(
+        run_dir, "--prompt-file", str(prompt_file), "--checkpoint", str(elsewhere / "checkpoints"),
+        "--tokenizer", str(tokenizer.path), "--temperature", "0", "--max-new-tokens", "20",
+    )
+    assert status == 0
+    assert capsys.readouterr().out == expected_greedy_text(model, tokenizer, "세 시에 보자", 20) + "\n"
+
+
+def test_cli_long_prompt_warns_once_and_crops(run_dir, tokenizer, capsys, caplog):
+    model = lively_model(tokenizer, seed=4)
+    save_run_checkpoint(run_dir, model, tokenizer, global_epoch=1)
+    long_prompt = " ".join(KOREAN_LINES * 3)
+    assert len(tokenizer.encode(long_prompt)) > RUN_CONFIG.model.block_size
+
+    with caplog.at_level(logging.WARNING):
+        status = generate(run_dir, "--prompt", long_prompt, "--temperature", "0", "--max-new-tokens", "40")
+    assert status == 0
+    warnings = [r.getMessage() for r in caplog.records if "longer than the model's context" in r.getMessage()]
+    assert len(warnings) == 1
+    ids, cropped = crop_prompt([tokenizer.start_id, *tokenizer.encode(long_prompt)], RUN_CONFIG.model.block_size)
+    assert cropped
+    tokens = list(generate_tokens(model, ids, 40, temperature=0, eos_id=tokenizer.eos_id))
+    expected = tokenizer.decode(ids + tokens)[len(tokenizer.decode(ids)) :]
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_cli_missing_checkpoint(run_dir, capsys):
+    status = generate(run_dir, "--prompt", "안녕")
+    error = capsys.readouterr().err
+    assert status == 66
+    assert "checkpoint not found" in error
+    assert "latest.pt" in error
+    assert "cellmind checkpoint pull --initial-peers" in error
+
+
+def test_cli_tokenizer_hash_mismatch(tmp_path, run_dir, tokenizer, capsys):
+    other = train_small_tokenizer(tmp_path / "other-tokenizer", ["전혀 다른 문장들", "토크나이저가 다르다"])
+    save_run_checkpoint(run_dir, lively_model(tokenizer, seed=1), tokenizer, global_epoch=1, sha256=other.sha256)
+    status = generate(run_dir, "--prompt", "안녕")
+    error = capsys.readouterr().err
+    assert status == 65
+    assert tokenizer.sha256 in error
+    assert other.sha256 in error
+
+
+def test_cli_falls_back_from_corrupted_checkpoint(run_dir, tokenizer, capsys, caplog):
+    good = lively_model(tokenizer, seed=5)
+    save_run_checkpoint(run_dir, good, tokenizer, global_epoch=1)
+    latest = save_run_checkpoint(run_dir, lively_model(tokenizer, seed=6), tokenizer, global_epoch=2)
+    data = latest.read_bytes()
+    with open(latest, "r+b") as file:  # truncate through the inode step-00000002.pt shares
+        file.truncate(len(data) - 10)
+
+    with caplog.at_level(logging.WARNING):
+        status = generate(run_dir, "--prompt", "안녕", "--temperature", "0", "--max-new-tokens", "30")
+    assert status == 0
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "truncated" in messages
+    assert "step-00000001.pt" in messages
+    assert capsys.readouterr().out == expected_greedy_text(good, tokenizer, "안녕", 30) + "\n"
+
+
+def test_cli_every_checkpoint_corrupted(run_dir, tokenizer, capsys):
+    latest = save_run_checkpoint(run_dir, lively_model(tokenizer, seed=5), tokenizer, global_epoch=1)
+    with open(latest, "r+b") as file:
+        file.truncate(100)
+    status = generate(run_dir, "--prompt", "안녕")
+    assert status == 65
+    assert "every file was refused" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (("--top-p", "0"), "--top-p"),
+        (("--temperature", "-1"), "--temperature"),
+        (("--top-k", "-3"), "--top-k"),
+        (("--max-new-tokens", "-1"), "--max-new-tokens"),
+    ],
+)
+def test_cli_invalid_sampling_flags(run_dir, capsys, flags, named):
+    status = generate(run_dir, "--prompt", "안녕", *flags)
+    assert status == 78
+    assert named in capsys.readouterr().err

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from cellmind.checkpoints import Checkpoint, build_model, load_latest_good, missing_checkpoint_error
+from cellmind.checkpoints import Checkpoint, build_model, latest_path, load_latest_good, missing_checkpoint_error
 from cellmind.cli import add_common_arguments
 from cellmind.config import Config, apply_overrides, load_config
 from cellmind.errors import ConfigError, InputFormatError, MissingFileError, TokenizerError
@@ -73,11 +73,12 @@ def run(args: argparse.Namespace) -> int:
         load_config(args.config),
         {"model.checkpoint": args.checkpoint, "tokenizer.model_path": args.tokenizer},
     )
+    device = resolve_device(args.device)
     prompt = _read_prompt(args)
     checkpoint = _load_model_state(args, config)
     tokenizer = load_tokenizer(config.tokenizer.model_path)
     check_tokenizer_matches(tokenizer, checkpoint)
-    model = build_model(checkpoint).to(resolve_device(args.device))
+    model = build_model(checkpoint).to(device)
 
     prompt_ids, cropped = crop_prompt([tokenizer.start_id, *tokenizer.encode(prompt)], model.config.block_size)
     if cropped:
@@ -128,20 +129,16 @@ def _load_model_state(args: argparse.Namespace, config: Config) -> Checkpoint:
         config = apply_overrides(config, {"swarm.initial_peers": args.initial_peers})
         return pull_checkpoint(config, args.initial_peers, timeout=args.timeout)
 
-    requested = Path(config.model.checkpoint)
+    requested = latest_path(config.model.checkpoint)
     checkpoint = load_latest_good(requested)
     if checkpoint is None:
         raise missing_checkpoint_error(requested)
-    if checkpoint.path is not None and checkpoint.path.resolve() != _latest_file(requested).resolve():
+    if checkpoint.path is not None and checkpoint.path.resolve() != requested.resolve():
         logger.warning(
             _("{requested} could not be used; generating from the previous good checkpoint {path} "
               "(global epoch {epoch})").format(requested=requested, path=checkpoint.path, epoch=checkpoint.global_epoch)
         )
     return checkpoint
-
-
-def _latest_file(requested: Path) -> Path:
-    return requested if requested.suffix == ".pt" else requested / "latest.pt"
 
 
 def check_tokenizer_matches(tokenizer: Tokenizer, checkpoint: Checkpoint) -> None:
