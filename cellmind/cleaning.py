@@ -78,11 +78,11 @@ _CALL_LENGTH = r"\d{1,2}:\d{2}(?::\d{2})?"
 WHOLE_MESSAGE_PLACEHOLDERS = {
     tokens.PHOTO: (
         r"사진", r"사진 ?\d+ ?장", r"\(사진\)", r"<사진>", r"<사진 읽지 않음>", r"사진 읽지 않음",
-        r"photos?", r"\d+ photos", r"\(photo\)", r"<photo>",
+        r"photos?", r"\d+ photos", r"\(photo\)",
     ),
     tokens.MOVIE: (
         r"동영상", r"동영상 ?\d+ ?개", r"\(동영상\)", r"<동영상>", r"<동영상 읽지 않음>", r"동영상 읽지 않음",
-        r"videos?", r"\d+ videos", r"\(video\)", r"<video>",
+        r"videos?", r"\d+ videos", r"\(video\)",
     ),
 }
 """Whole messages that stand for an attachment, as each export layout writes them (case-insensitive)."""
