@@ -7,7 +7,7 @@ Each line of ``train.jsonl`` / ``val.jsonl`` is ``{"text": ...}``, one conversat
   Its :func:`collate_fn` pads a batch and masks only the pad positions in the targets.
 - For real corpora, :func:`ensure_token_file` tokenizes the JSONL once into ``train.tokens.bin``: every record's
   ids back to back as uint16, read through ``np.memmap`` so memory stays flat whatever the corpus size.
-  ``train.tokens.idx`` holds the record offsets (int64, one more than the record count) and
+  ``train.tokens.idx`` contains the record offsets (int64, one more than the record count) and
   ``train.tokens.json`` the header: tokenizer SHA-256, vocabulary size, token count and the JSONL's SHA-256.
   A file built from another tokenizer or another JSONL is rebuilt. :class:`TokenWindows` samples fixed-length
   windows from it, with a random generator seeded per peer::
@@ -53,14 +53,17 @@ WRITE_CHUNK_TOKENS = 1 << 16
 
 
 def read_jsonl_texts(path: str | Path) -> Iterator[str]:
-    """Yield the ``text`` of each record of a JSONL file; blank lines are skipped."""
+    """Yield the ``text`` of each record of a JSONL file, skipping blank lines."""
     for _line_number, text, _raw in _iter_jsonl(Path(path)):
         if text is not None:
             yield text
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, str | None, bytes]]:
-    """Yield (line number, text, raw line bytes), text None for a blank line; a bad record raises with its line."""
+    """Yield (line number, text, raw line bytes), with text None for a blank line.
+
+    A bad record raises InputFormatError naming its line.
+    """
     try:
         file = open(path, "rb")
     except FileNotFoundError:
@@ -99,9 +102,9 @@ def encode_record(tokenizer: Tokenizer, text: str) -> list[int]:
 
 
 class TextDataset(torch.utils.data.Dataset):
-    """Whole records of a JSONL file, each cut to ``block_size + 1`` tokens; items are (input ids, targets).
+    """Whole records of a JSONL file, each cut to ``block_size + 1`` tokens. Items are (input ids, targets).
 
-    The corpus is tokenized into memory when the dataset is built: use :class:`TokenWindows` for large corpora.
+    The corpus is tokenized into memory when the dataset is built, so use :class:`TokenWindows` for large corpora.
     """
 
     def __init__(self, jsonl_path: str | Path, tokenizer: Tokenizer, block_size: int):
@@ -147,7 +150,7 @@ def collate_fn(batch: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> t
 
 @dataclass(frozen=True)
 class TokenFile:
-    """A packed token file opened read-only: ``tokens`` and ``offsets`` are memory-mapped, never loaded."""
+    """A packed token file opened read-only, with ``tokens`` and ``offsets`` memory-mapped rather than loaded."""
 
     path: Path
     tokens: np.ndarray
@@ -176,7 +179,7 @@ class TokenFile:
 
     @classmethod
     def open(cls, path: str | Path) -> "TokenFile":
-        """Open a token file written by :func:`build_token_file`; raise InputFormatError if it is incomplete."""
+        """Open a token file written by :func:`build_token_file`, or raise InputFormatError if it is incomplete."""
         path = Path(path)
         header = _read_header(path)
         problem = _layout_problem(path, header)
@@ -235,8 +238,8 @@ def build_token_file(
     """Tokenize a JSONL file once into a packed uint16 token file, its record index and its header.
 
     The JSONL is read in batches of about :data:`ENCODE_BATCH_BYTES` and the tokens appended in chunks, so memory
-    does not grow with the corpus. All three files are written to temporary names and renamed when complete;
-    the old header is removed first, so an interrupted build is never mistaken for a finished one.
+    does not grow with the corpus. All three files are written to temporary names and renamed when complete.
+    The old header is removed first, so an interrupted build is never mistaken for a finished one.
     A progress bar (JSONL bytes read) is drawn on stderr when it is a terminal and ``show_progress`` is set.
     """
     jsonl_path, output_path = Path(jsonl_path), Path(output_path)
@@ -276,7 +279,7 @@ def build_token_file(
 def _write_tokens(
     jsonl_path: Path, tokenizer: Tokenizer, tokens_file: BinaryIO, index_file: BinaryIO, show_progress: bool
 ) -> dict[str, Any]:
-    """Stream the records' tokens and offsets into the open files; return the counts and the JSONL's digest."""
+    """Stream the records' tokens and offsets into the open files. Return the counts and the JSONL's digest."""
     source_digest = hashlib.sha256()
     token_count = record_count = 0
     pending_tokens: list[np.ndarray] = []
@@ -311,7 +314,7 @@ def _write_tokens(
 
 
 def _iter_text_batches(jsonl_path: Path) -> Iterator[tuple[list[bytes], list[str]]]:
-    """Yield (raw lines, texts) in batches of about ENCODE_BATCH_BYTES; blank lines are in the raw lines only."""
+    """Yield (raw lines, texts) in batches of about ENCODE_BATCH_BYTES. Blank lines appear in the raw lines only."""
     raw_lines: list[bytes] = []
     texts: list[str] = []
     size = 0
@@ -328,7 +331,7 @@ def _iter_text_batches(jsonl_path: Path) -> Iterator[tuple[list[bytes], list[str
 
 
 def _flush(tokens_file: BinaryIO, index_file: BinaryIO, tokens: list[np.ndarray], offsets: list[int]) -> None:
-    """Append the pending tokens and all offsets but the last, which starts the next chunk; empty both lists."""
+    """Append the pending tokens and all offsets but the last, which starts the next chunk, then drop them."""
     if tokens:
         tokens_file.write(np.concatenate(tokens).tobytes())
     index_file.write(np.array(offsets[:-1], dtype=OFFSET_DTYPE).tobytes())
@@ -354,14 +357,14 @@ class _AtomicFile:
                 os.fsync(self.file.fileno())
             self.file.close()
             if error_type is None:
-                os.chmod(self.temporary, 0o644)  # mkstemp creates 0600
+                os.chmod(self.temporary, 0o644)  # mkstemp creates 0600, but peers may share these files
                 os.replace(self.temporary, self.path)
         finally:
             Path(self.temporary).unlink(missing_ok=True)
 
 
 def ensure_token_file(jsonl_path: str | Path, tokenizer: Tokenizer, show_progress: bool = True) -> TokenFile:
-    """Open the token file next to ``jsonl_path`` if it matches the JSONL and the tokenizer; else rebuild it."""
+    """Open the token file next to ``jsonl_path`` if it matches the JSONL and the tokenizer, or rebuild it."""
     jsonl_path = Path(jsonl_path)
     token_path = token_file_path(jsonl_path)
     stale_reason = _stale_reason(jsonl_path, token_path, tokenizer)

@@ -62,7 +62,7 @@ NEWLINE = "\n"
 USER_DEFINED_SYMBOLS = (*PLACEHOLDERS, NEWLINE)
 
 DEFAULT_TRAINING_TEXT = Path("data/for-tokenizer-training/textonly.txt")
-"""Where ``cellmind prepare`` writes the text the tokenizer trains on, one message per line."""
+"""Text file that ``cellmind prepare`` writes for tokenizer training, one message per line."""
 DEFAULT_VOCAB_SIZE = 8000
 AUTO_MAX_VOCAB_SIZE = 8000
 """Largest vocabulary ``vocab_size="auto"`` tries before settling for what the corpus supports."""
@@ -71,7 +71,7 @@ MAX_VOCAB_SIZE = 2**16
 TRAINING_THREADS = 4
 """Fixed on every machine, because the unigram trainer's pieces depend on the thread count."""
 MAX_TRAINING_SENTENCES = 5_000_000
-"""Lines SentencePiece loads at most; a longer file is thinned by a fixed stride, never sampled at random."""
+"""Maximum lines SentencePiece loads. A longer file is thinned by a fixed stride instead of random sampling."""
 MODEL_TYPES = ("bpe", "unigram")
 
 SPACE_SYMBOL = "\u2581"  # SentencePiece's "▁", which stands for a space inside pieces
@@ -97,7 +97,7 @@ class Tokenizer:
         return self.processor.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
-        """Return the ids of ``text``; never a control id (pad, start, end-of-text) and never ``<unk>``."""
+        """Return the ids of ``text``, which never include a control id (pad, start, end-of-text) or ``<unk>``."""
         if SPACE_SYMBOL not in text:
             return self.processor.encode(text)
         ids: list[int] = []
@@ -108,7 +108,7 @@ class Tokenizer:
         return ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Return :meth:`encode` of each text; SentencePiece encodes the batch in one call."""
+        """Return :meth:`encode` of each text, encoding the whole batch in one SentencePiece call."""
         batch = self.processor.encode(texts)
         for index, text in enumerate(texts):
             if SPACE_SYMBOL in text:
@@ -116,7 +116,7 @@ class Tokenizer:
         return batch
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Return the text of ``ids``; control ids decode to nothing."""
+        """Return the text of ``ids``. Control ids decode to nothing."""
         return self.processor.decode([int(token_id) for token_id in ids])
 
     def id_to_piece(self, token_id: int) -> str:
@@ -196,7 +196,7 @@ def train_tokenizer(
     line_count = _count_training_lines(input_path)
     stride = math.ceil(line_count / MAX_TRAINING_SENTENCES)
     if stride > 1:
-        logger.info(f"{input_path} has {line_count} lines; training on every {stride}th line")
+        logger.info(f"{input_path} has {line_count} lines, so training uses every {stride}th line")
 
     sentencepiece.set_min_log_level(0 if verbose else 2)
     if vocab_size == "auto":
@@ -235,7 +235,7 @@ def _check_training_options(vocab_size: int | str, character_coverage: float, mo
 
 
 def _count_training_lines(input_path: Path) -> int:
-    """Return the number of non-blank lines; raise a user error if the file is missing, unreadable or empty."""
+    """Return the number of non-blank lines, or raise a user error if the file is missing, not UTF-8 or empty."""
     try:
         with open(input_path, encoding="utf-8") as file:
             count = sum(1 for line in file if line.strip())
@@ -265,7 +265,7 @@ def _iter_training_lines(input_path: Path, stride: int) -> Iterator[str]:
 
 
 def _train_once(input_path: Path, stride: int, vocab_size: int, character_coverage: float, model_type: str) -> bytes:
-    """Run SentencePiece once and return the serialized model; SentencePiece's errors pass through."""
+    """Run SentencePiece once and return the serialized model. SentencePiece's errors pass through."""
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=_iter_training_lines(input_path, stride),
@@ -311,8 +311,8 @@ def _train_largest(
             if too_high is None:
                 raise _explain_training_error(error, input_path, vocab_size) from None
             vocab_size = int(too_high.group(2))
-            logger.info(f"{input_path} supports at most {vocab_size} pieces; training that size")
-    # NOTE: SentencePiece 0.2.3 names a size that works on the first retry; this bound only stops a loop.
+            logger.info(f"{input_path} supports at most {vocab_size} pieces, so training is retried with that size")
+    # NOTE: SentencePiece 0.2.3 names a size that works, so the first retry succeeds. This bound only stops a loop.
     return _train_or_explain(input_path, stride, vocab_size, character_coverage, model_type)
 
 
@@ -341,7 +341,7 @@ def _explain_training_error(error: RuntimeError, input_path: Path, vocab_size: i
 
 
 def _vocab_listing(model_bytes: bytes) -> bytes:
-    """Return SentencePiece's ``.vocab`` layout (piece, tab, score); newline and tab pieces are written escaped."""
+    """Return the pieces in SentencePiece's ``.vocab`` layout (piece, tab, score), with newline and tab escaped."""
     processor = sentencepiece.SentencePieceProcessor()
     processor.load_from_serialized_proto(model_bytes)
     lines = []
@@ -359,7 +359,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; these files are meant to be copied and shared
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600, but these files are meant to be shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -85,7 +85,7 @@ def test_round_trip(tokenizer, text):
 
 
 @pytest.mark.parametrize("text", HARD_TEXTS)
-def test_encode_never_produces_control_or_unknown(tokenizer, text):
+def test_encode_avoids_control_ids(tokenizer, text):
     ids = set(tokenizer.encode(text))
 
     assert not ids & {PAD_ID, START_ID, EOS_ID}
@@ -247,7 +247,8 @@ def test_training_deterministic_across_processes(corpus, tmp_path, model_type):
 
     assert len(digests[0]) == 64
     assert digests[0] == digests[1]
-    assert (tmp_path / "first" / "tokenizer.vocab").read_bytes() == (tmp_path / "second" / "tokenizer.vocab").read_bytes()
+    vocab_files = [tmp_path / output / "tokenizer.vocab" for output in ("first", "second")]
+    assert vocab_files[0].read_bytes() == vocab_files[1].read_bytes()
 
 
 # `cellmind tokenizer train`, run in-process
@@ -324,7 +325,7 @@ def test_cli_rejects_bad_vocab_flag(tmp_path, monkeypatch, capsys):
     assert "expected a whole number or 'auto'" in capsys.readouterr().err
 
 
-def test_photo_placeholder_survives_round_trip_in_record(tokenizer):
+def test_record_round_trip(tokenizer):
     record = f"<NAME>: 이거 봐\n{PHOTO}\nㅋㅋㅋㅋㅋ 대박"
 
     assert tokenizer.decode(tokenizer.encode(record)) == record

@@ -33,8 +33,12 @@ def register(subparsers) -> None:
         "--input", type=Path, metavar="PATH", default=DEFAULT_TRAINING_TEXT,
         help=_("text file, one message per line (default: {path})").format(path=DEFAULT_TRAINING_TEXT),
     )
-    train.add_argument("--output-dir", type=Path, metavar="DIR", help=_("folder of the model (default: from tokenizer.model_path)"))
-    train.add_argument("--model-prefix", metavar="NAME", help=_("file name of the model without .model (default: tokenizer)"))
+    train.add_argument(
+        "--output-dir", type=Path, metavar="DIR", help=_("folder of the model (default: from tokenizer.model_path)")
+    )
+    train.add_argument(
+        "--model-prefix", metavar="NAME", help=_("file name of the model without .model (default: tokenizer)")
+    )
     train.add_argument(
         "--vocab-size", type=_vocab_size, metavar="N|auto",
         help=_("pieces in the vocabulary, or 'auto' for the largest the text supports up to 8000 (default: 8000)"),
@@ -79,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(_("SHA-256: {digest}").format(digest=tokenizer.sha256))
     if model_path.resolve() != configured_path.resolve():
         logger.warning(
-            f"peers load the tokenizer from {configured_path}; set tokenizer.model_path to {model_path} "
+            f"peers load the tokenizer from {configured_path}, so set tokenizer.model_path to {model_path} "
             "in the config file to use this one"
         )
     return 0
