@@ -11,7 +11,7 @@ config, tokenizer SHA-256, CellMind version) that ``torch.load(weights_only=True
 pulled from another peer cannot run code when it is loaded. The SHA-256 in the header covers the payload, which
 makes a truncated or corrupted file fail loudly instead of loading garbage weights.
 
-A checkpoint directory holds ``latest.pt`` and numbered copies ``step-{global_epoch:08d}.pt`` (hard links to the
+A checkpoint directory contains ``latest.pt`` and numbered copies ``step-{global_epoch:08d}.pt`` (hard links to the
 same file where the file system allows it), of which the newest ``keep`` are kept.
 """
 
@@ -288,20 +288,20 @@ def load_latest_good(directory_or_path: str | Path, map_location: str | torch.de
     """Return the newest checkpoint that loads, trying ``latest.pt`` and then the numbered copies, newest first.
 
     ``directory_or_path`` is a checkpoint directory or a checkpoint file. When it names a numbered copy, only
-    older copies are tried after it. Each refused file is logged as a warning. Returns None if no checkpoint
-    file exists at all, and raises CheckpointError naming every file if all of them were refused.
+    older copies are tried after it. Each rejected file is logged as a warning. Returns None if no checkpoint
+    file exists at all, and raises CheckpointError naming every file if all of them were rejected.
     """
-    refused: list[CheckpointError] = []
+    rejected: list[CheckpointError] = []
     for candidate in _candidates(directory_or_path):
         try:
             return load_checkpoint(candidate, map_location=map_location)
         except CheckpointError as error:
-            logger.warning(f"Refused checkpoint {candidate}: {error}")
-            refused.append(error)
-    if refused:
+            logger.warning(f"Rejected checkpoint {candidate}: {error}")
+            rejected.append(error)
+    if rejected:
         raise CheckpointError(
-            _("no usable checkpoint: every file was refused ({errors})").format(
-                errors="; ".join(str(error) for error in refused)
+            _("no usable checkpoint: every file was rejected ({errors})").format(
+                errors="; ".join(str(error) for error in rejected)
             )
         )
     return None
@@ -326,8 +326,8 @@ def _candidates(directory_or_path: str | Path) -> list[Path]:
 def gpt_config_from(config: Config | dict[str, Any], vocab_size: int) -> GPTConfig:
     """Return the GPTConfig described by a run config's ``model`` section, with the tokenizer's vocabulary size.
 
-    ``config`` is a Config or its dict form (as stored in checkpoints); keys of other sections are not read, so a
-    checkpoint written by another CellMind version still builds as long as its model section is complete.
+    ``config`` is a Config or its dict form, as stored in checkpoints. Other sections are not read, so a checkpoint
+    written by another CellMind version still builds as long as its model section is complete.
     """
     section = dataclasses.asdict(config.model) if isinstance(config, Config) else config.get("model")
     missing = [name for name in GPT_CONFIG_FIELDS if not isinstance(section, dict) or name not in section]

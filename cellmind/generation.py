@@ -3,8 +3,8 @@
 Context window policy, shared by the cached and the uncached path so that both see exactly the same tokens:
 
 - a prompt longer than ``block_size`` is cropped to its last ``block_size`` tokens (see :func:`crop_prompt`);
-- each new token is appended to the window; when the window would grow past ``block_size``, it is cut to its
-  last ``block_size // 2`` tokens (at least one) and generation continues from there.
+- each new token is appended to the window. When the window would grow past ``block_size``, it is cut to its
+  last ``block_size // 2`` tokens (at least one), and generation continues from there.
 
 The cached path prefills the cache with the window and then feeds one token per step; at a cut it starts a new
 cache and prefills it with the shortened window. Keeping half the context instead of sliding by one token means
@@ -48,9 +48,9 @@ def generate_tokens(
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` sampled token ids, one at a time, as soon as each is chosen.
 
-    ``temperature`` 0 picks the most likely token (greedy); ``top_k`` keeps the k most likely tokens (clamped to
-    the vocabulary size); ``top_p`` keeps the smallest set of tokens whose probabilities add up to at least
-    ``top_p``. Generation stops early when ``eos_id`` is sampled, and the eos id itself is not yielded. Sampling
+    ``temperature`` 0 picks the most likely token (greedy). ``top_k`` keeps the k most likely tokens and is
+    clamped to the vocabulary size. ``top_p`` keeps the smallest set of tokens whose probabilities add up to at
+    least ``top_p``. Generation stops early when ``eos_id`` is sampled, and the eos id itself is not yielded. Sampling
     draws from ``generator`` (a CPU generator) so a seeded generator repeats the same text. The prompt is cropped
     as described in the module docstring; the model is put in eval mode.
     """

@@ -125,7 +125,7 @@ def test_missing_file_raises_missing_file_error(tmp_path):
         load_checkpoint(tmp_path / "latest.pt")
 
 
-def test_truncated_file_is_refused(tmp_path):
+def test_truncated_file_is_rejected(tmp_path):
     path = save(tmp_path, tiny_model(), global_epoch=1, keep=0)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -134,7 +134,7 @@ def test_truncated_file_is_refused(tmp_path):
     assert str(path) in str(error.value)
 
 
-def test_flipped_byte_is_refused_by_digest(tmp_path):
+def test_flipped_byte_is_rejected_by_digest(tmp_path):
     path = save(tmp_path, tiny_model(), global_epoch=1, keep=0)
     corrupt_in_place(path)
     with pytest.raises(CheckpointError, match="corrupted") as error:
@@ -142,14 +142,14 @@ def test_flipped_byte_is_refused_by_digest(tmp_path):
     assert str(path) in str(error.value)
 
 
-def test_plain_torch_file_is_refused(tmp_path):
+def test_plain_torch_file_is_rejected(tmp_path):
     path = tmp_path / "latest.pt"
     torch.save(tiny_model().state_dict(), path)
     with pytest.raises(CheckpointError, match="not a CellMind checkpoint"):
         load_checkpoint(path)
 
 
-def test_damaged_header_is_refused(tmp_path):
+def test_damaged_header_is_rejected(tmp_path):
     path = save(tmp_path, tiny_model(), global_epoch=1, keep=0)
     data = path.read_bytes()
     path.write_bytes(MAGIC + b"{not json" + data[data.index(b"\n", len(MAGIC)) :])
@@ -169,14 +169,14 @@ def write_raw_checkpoint(path, payload) -> None:
     path.write_bytes(MAGIC + json.dumps(header).encode() + b"\n" + body)
 
 
-def test_payload_with_arbitrary_objects_is_refused(tmp_path):
+def test_payload_with_arbitrary_objects_is_rejected(tmp_path):
     path = tmp_path / "latest.pt"
     write_raw_checkpoint(path, {"model": {}, "surprise": NotAWeight()})
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_checkpoint(path)
 
 
-def test_payload_without_required_entries_is_refused(tmp_path):
+def test_payload_without_required_entries_is_rejected(tmp_path):
     path = tmp_path / "latest.pt"
     write_raw_checkpoint(path, {"model": {}, "global_epoch": 3})
     with pytest.raises(CheckpointError, match="optimizer, config, tokenizer_sha256, version"):
@@ -205,10 +205,10 @@ def test_latest_good_falls_back_past_corrupted_files(tmp_path, caplog):
         checkpoint = load_latest_good(tmp_path)
     assert checkpoint.path == tmp_path / "step-00000002.pt"
     assert checkpoint.global_epoch == 2
-    refused = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert len(refused) == 2
-    assert "latest.pt" in refused[0]
-    assert "step-00000003.pt" in refused[1]
+    rejected = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(rejected) == 2
+    assert "latest.pt" in rejected[0]
+    assert "step-00000003.pt" in rejected[1]
 
 
 def test_latest_good_uses_copy_when_latest_missing(tmp_path):
@@ -229,7 +229,7 @@ def test_latest_good_from_numbered_path_tries_only_older(tmp_path):
 def test_latest_good_raises_when_every_file_is_bad(tmp_path):
     save(tmp_path, tiny_model(), global_epoch=1)
     corrupt_in_place(tmp_path / "latest.pt")
-    with pytest.raises(CheckpointError, match="every file was refused") as error:
+    with pytest.raises(CheckpointError, match="every file was rejected") as error:
         load_latest_good(tmp_path)
     assert "latest.pt" in str(error.value)
     assert "step-00000001.pt" in str(error.value)

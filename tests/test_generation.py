@@ -82,7 +82,8 @@ def test_same_seed_repeats_sampling(model):
 def test_seeded_sampling_equal_with_and_without_cache(model):
     def sample(use_cache):
         generator = torch.Generator().manual_seed(4)
-        return list(generate_tokens(model, [5], 40, temperature=0.9, top_k=10, generator=generator, use_cache=use_cache))
+        tokens = generate_tokens(model, [5], 40, temperature=0.9, top_k=10, generator=generator, use_cache=use_cache)
+        return list(tokens)
 
     assert sample(True) == sample(False)
 
@@ -346,7 +347,8 @@ def test_cli_missing_checkpoint(run_dir, capsys):
 
 def test_cli_tokenizer_hash_mismatch(tmp_path, run_dir, tokenizer, capsys):
     other = train_small_tokenizer(tmp_path / "other-tokenizer", ["전혀 다른 문장들", "토크나이저가 다르다"])
-    save_run_checkpoint(run_dir, lively_model(tokenizer, seed=1), tokenizer, global_epoch=1, sha256=other.sha256)
+    model = lively_model(tokenizer, seed=1)
+    save_run_checkpoint(run_dir, model, tokenizer, global_epoch=1, sha256=other.sha256)
     status = generate(run_dir, "--prompt", "안녕")
     error = capsys.readouterr().err
     assert status == 65
@@ -377,7 +379,7 @@ def test_cli_every_checkpoint_corrupted(run_dir, tokenizer, capsys):
         file.truncate(100)
     status = generate(run_dir, "--prompt", "안녕")
     assert status == 65
-    assert "every file was refused" in capsys.readouterr().err
+    assert "every file was rejected" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

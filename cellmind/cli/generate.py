@@ -39,28 +39,39 @@ def register(subparsers) -> None:
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help=_("text to continue"))
     prompt.add_argument("--prompt-file", type=Path, metavar="FILE", help=_("UTF-8 file whose text to continue"))
-    parser.add_argument(
+
+    source = parser.add_argument_group(_("model source"))
+    source.add_argument(
         "--checkpoint", metavar="PATH", help=_("checkpoint file or directory (default: the config's model.checkpoint)")
     )
-    parser.add_argument(
+    source.add_argument(
         "--initial-peers", nargs="+", metavar="MULTIADDR", help=_("take the model from the swarm at these peers")
     )
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help=_("seconds to wait for the swarm's model (default: %(default)s)")
+    source.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS",
+        help=_("seconds to wait for the swarm's model (default: %(default)s)"),
     )
-    parser.add_argument("--tokenizer", metavar="PATH", help=_("tokenizer model (default: the config's)"))
-    parser.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help=_("tokens to generate (default: %(default)s)"))
-    parser.add_argument(
-        "--temperature", type=float, default=0.8, metavar="T", help=_("sampling temperature; 0 is greedy (default: %(default)s)")
+    source.add_argument("--tokenizer", metavar="PATH", help=_("tokenizer model (default: the config's)"))
+
+    sampling = parser.add_argument_group(_("sampling"))
+    sampling.add_argument(
+        "--max-new-tokens", type=int, default=100, metavar="N", help=_("tokens to generate (default: %(default)s)")
     )
-    parser.add_argument(
-        "--top-k", type=int, default=50, metavar="K", help=_("sample among the k most likely tokens; 0 turns it off (default: %(default)s)")
+    sampling.add_argument(
+        "--temperature", type=float, default=0.8, metavar="T",
+        help=_("sampling temperature; 0 is greedy (default: %(default)s)"),
     )
-    parser.add_argument(
-        "--top-p", type=float, default=0.95, metavar="P", help=_("nucleus sampling mass; 1 turns it off (default: %(default)s)")
+    sampling.add_argument(
+        "--top-k", type=int, default=50, metavar="K",
+        help=_("sample among the k most likely tokens; 0 turns it off (default: %(default)s)"),
     )
-    parser.add_argument("--seed", type=int, metavar="N", help=_("random seed, for repeatable samples"))
-    parser.add_argument("--no-cache", action="store_true", help=_("recompute the whole context for every token"))
+    sampling.add_argument(
+        "--top-p", type=float, default=0.95, metavar="P",
+        help=_("nucleus sampling mass; 1 turns it off (default: %(default)s)"),
+    )
+    sampling.add_argument("--seed", type=int, metavar="N", help=_("random seed, for repeatable samples"))
+    sampling.add_argument("--no-cache", action="store_true", help=_("recompute the whole context for every token"))
+
     parser.add_argument("--device", choices=DEVICES, default="auto", help=_("where the model runs (default: auto)"))
     parser.add_argument("--config", metavar="PATH", help=_("config file (default: config.json if present)"))
     add_common_arguments(parser)
@@ -149,7 +160,9 @@ def check_tokenizer_matches(tokenizer: Tokenizer, checkpoint: Checkpoint) -> Non
             _(
                 "tokenizer {path} (SHA-256 {found}) is not the one {checkpoint} was trained with "
                 "(SHA-256 {expected}); pass --tokenizer with the run's tokenizer file"
-            ).format(path=tokenizer.path, found=tokenizer.sha256, checkpoint=source, expected=checkpoint.tokenizer_sha256)
+            ).format(
+                path=tokenizer.path, found=tokenizer.sha256, checkpoint=source, expected=checkpoint.tokenizer_sha256
+            )
         )
 
 
