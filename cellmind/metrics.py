@@ -27,7 +27,7 @@ from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.optim.progress_tracker import TrainingProgressSchema
 from hivemind.utils import get_dht_time
-from pydantic.v1 import BaseModel, StrictBool, StrictFloat, confloat, conint, constr
+from pydantic.v1 import BaseModel, Extra, StrictBool, StrictFloat, confloat, conint, constr
 
 import cellmind
 
@@ -55,6 +55,9 @@ class PeerMetrics(BaseModel):
     validation_loss: Optional[StrictFloat]
     validation_epoch: Optional[conint(ge=0, strict=True)]
     """Global epoch whose parameters gave ``validation_loss``."""
+
+    class Config:
+        extra = Extra.forbid  # the DHT's schema check rejects unknown fields too, so the viewer matches it
 
 
 class MetricsSchema(BaseModel):

@@ -67,7 +67,7 @@ class Snapshot:
     num_peers: int
     num_clients: int
     training_loss: Optional[float]
-    """Mean recent training loss of the peers at the global epoch."""
+    """Mean of the peers' recent training losses."""
     validation_loss: Optional[float]
     validation_epoch: Optional[int]
     peers: list[PeerRow] = field(default_factory=list)
@@ -158,7 +158,7 @@ def build_snapshot(
         samples_per_second=samples_per_second,
         num_peers=len(rows),
         num_clients=sum(row.client_mode for row in rows),
-        training_loss=_mean([row.loss for row in rows if row.local_epoch == global_epoch]),
+        training_loss=_mean([row.loss for row in rows]),
         validation_loss=validation_loss,
         validation_epoch=validation_epoch,
         peers=rows,
