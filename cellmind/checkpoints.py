@@ -131,25 +131,27 @@ def save_checkpoint(
     return path
 
 
-def _encode(payload: dict[str, Any], global_epoch: int) -> bytes:
+def _encode(payload: dict[str, Any], global_epoch: int) -> tuple[bytes, memoryview]:
+    """Return the header line and the serialized payload; the payload is a view, not a copy of a 100+ MB buffer."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    body = buffer.getvalue()
+    body = buffer.getbuffer()
     header = {
         "format": FORMAT_VERSION,
         "payload_sha256": hashlib.sha256(body).hexdigest(),
-        "payload_size": len(body),
+        "payload_size": body.nbytes,
         "global_epoch": int(global_epoch),
     }
-    return MAGIC + json.dumps(header).encode("ascii") + b"\n" + body
+    return MAGIC + json.dumps(header).encode("ascii") + b"\n", body
 
 
-def _write_temporary(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a fsynced temporary file next to ``path`` and return the temporary file's path."""
+def _write_temporary(path: Path, parts: tuple[bytes | memoryview, ...]) -> Path:
+    """Write ``parts`` to a fsynced temporary file next to ``path`` and return the temporary file's path."""
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
-            handle.write(data)
+            for part in parts:
+                handle.write(part)
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
