@@ -15,6 +15,9 @@ Each line of ``train.jsonl`` / ``val.jsonl`` is ``{"text": ...}``, one conversat
       tokenizer = load_tokenizer(config.tokenizer.model_path)
       windows = TokenWindows(ensure_token_file(config.training.dataset_path, tokenizer), seq_len=256, seed=7)
       x, y = windows.get_batch(batch_size=8)  # (B, T) int64 each, y is x shifted by one token
+      val_file = ensure_token_file(config.training.val_path, tokenizer)
+      for x, y in iter_eval_batches(val_file, seq_len=256, batch_size=8, max_batches=20):
+          ...  # the same windows on every call, for comparable validation losses
 """
 
 import functools
@@ -427,19 +430,32 @@ class TokenWindows:
     def iter_eval_batches(
         self, batch_size: int, max_batches: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) batches of consecutive, non-overlapping windows from the first token on.
-
-        Every call yields the same batches. The random generator is not used, so evaluating does not change
-        which windows training draws next.
-        """
-        window_count = (self.token_file.token_count - 1) // self.seq_len
-        starts = np.arange(window_count, dtype=np.int64) * self.seq_len
-        for batch_index, first in enumerate(range(0, window_count, batch_size)):
-            if max_batches is not None and batch_index >= max_batches:
-                return
-            yield self._windows(starts[first : first + batch_size])
+        """Return :func:`iter_eval_batches` over this token file, which leaves the random generator untouched."""
+        return iter_eval_batches(self.token_file, self.seq_len, batch_size, max_batches)
 
     def _windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = starts[:, None] + np.arange(self.seq_len + 1)  # (B, T + 1)
-        window = torch.from_numpy(self.token_file.tokens[positions].astype(np.int64))
-        return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+        return _read_windows(self.token_file.tokens, starts, self.seq_len)
+
+
+def iter_eval_batches(
+    token_file: TokenFile, seq_len: int, batch_size: int, max_batches: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x, y) batches of consecutive, non-overlapping windows from the first token on.
+
+    Every call yields the same batches, at most ``max_batches`` of them. A file shorter than one window gives a
+    single window of all its tokens (``T = token_count - 1``), so that a small validation set still has a loss.
+    """
+    seq_len = min(seq_len, token_file.token_count - 1)
+    window_count = (token_file.token_count - 1) // seq_len
+    starts = np.arange(window_count, dtype=np.int64) * seq_len
+    for batch_index, first in enumerate(range(0, window_count, batch_size)):
+        if max_batches is not None and batch_index >= max_batches:
+            return
+        yield _read_windows(token_file.tokens, starts[first : first + batch_size], seq_len)
+
+
+def _read_windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (x, y), each (len(starts), seq_len) int64: the tokens from each start and the ones after them."""
+    positions = starts[:, None] + np.arange(seq_len + 1)  # (B, T + 1)
+    window = torch.from_numpy(tokens[positions].astype(np.int64))
+    return window[:, :-1].contiguous(), window[:, 1:].contiguous()

@@ -61,8 +61,6 @@ EOS_ID = 3
 NEWLINE = "\n"
 USER_DEFINED_SYMBOLS = (*PLACEHOLDERS, NEWLINE)
 
-DEFAULT_TRAINING_TEXT = Path("data/for-tokenizer-training/textonly.txt")
-"""Text file that ``cellmind prepare`` writes for tokenizer training, one message per line."""
 DEFAULT_VOCAB_SIZE = 8000
 AUTO_MAX_VOCAB_SIZE = 8000
 """Largest vocabulary ``vocab_size="auto"`` tries before settling for what the corpus supports."""

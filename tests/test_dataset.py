@@ -20,6 +20,7 @@ from cellmind.dataset import (
     encode_record,
     ensure_token_file,
     read_jsonl_texts,
+    iter_eval_batches,
     token_file_path,
 )
 from cellmind.errors import InputFormatError, MissingFileError, TokenizerError
@@ -394,3 +395,16 @@ def test_windows_reject_short_file(tokenizer, tmp_path):
 
     with pytest.raises(InputFormatError, match="fewer than one window of 257"):
         TokenWindows(short, seq_len=256, seed=0)
+
+
+def test_eval_batches_short_file(tokenizer, tmp_path):
+    path = tmp_path / "val.jsonl"
+    path.write_text('{"text": "짧아"}\n', encoding="utf-8")
+    short = ensure_token_file(path, tokenizer, show_progress=False)
+    tokens = torch.from_numpy(short.tokens.astype(np.int64))
+
+    batches = list(iter_eval_batches(short, seq_len=256, batch_size=4))
+
+    assert len(batches) == 1
+    assert torch.equal(batches[0][0], tokens[None, :-1])
+    assert torch.equal(batches[0][1], tokens[None, 1:])

@@ -13,10 +13,13 @@ from pathlib import Path
 
 from cellmind.cli import add_common_arguments
 from cellmind.config import load_config
+from cellmind.corpus import TEXTONLY_PATH
 from cellmind.i18n import _
-from cellmind.tokenizer import DEFAULT_TRAINING_TEXT, MODEL_TYPES, load_tokenizer, train_tokenizer
+from cellmind.tokenizer import MODEL_TYPES, load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_TRAINING_TEXT = Path("data") / TEXTONLY_PATH  # `cellmind prepare` writes under data/ by default
 
 
 def register(subparsers) -> None:
