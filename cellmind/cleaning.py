@@ -24,10 +24,12 @@ Order of the rules, applied to the ``text`` of every ``kind == "message"`` row:
    become five ``<EMOJI>``).
 9. Empty ``()`` pairs are removed.
 10. Lowercase.
-11. Names -> ``<NAME>`` (see ``NameMatcher``).
-12. ``<|`` becomes ``<`` and ``|>`` becomes ``>``, so no text can spell a special token such as
-    ``<|endoftext|>``; whitespace is tidied again as in step 4, because steps 5-9 can leave blanks behind.
-13. The sentinels become the placeholders of ``cellmind.tokens``; messages left empty are dropped.
+11. ``<|`` becomes ``<`` and ``|>`` becomes ``>``, so no text can spell a special token such as
+    ``<|endoftext|>``. This runs after every step that removes characters (1, 7, 9), which could otherwise
+    join ``<`` and ``|``, and before names, so that a name is never formed by it after the name step.
+12. Names -> ``<NAME>`` (see ``NameMatcher``).
+13. Whitespace is tidied again as in step 4, because steps 5-9 can leave blanks behind; the sentinels become
+    the placeholders of ``cellmind.tokens``; messages left empty are dropped.
 
 Where this differs from the order users know (URLs, emoji, repeats, ``()``, lowercase, names, phones,
 e-mail): e-mail comes before URLs because a bare domain such as ``naver.com`` is also the end of an address;
@@ -206,7 +208,8 @@ class NameMatcher:
     boundaries, together with an attached honorific (님, 씨) or vocative/familiar ending (아, 이 after a final
     consonant, 야 after a vowel); particles after that ending stay (``윤슬이가`` -> ``<NAME>가``). Names that
     begin or end with a Latin letter or digit match only as whole words there, so ``Ann`` leaves ``announce``
-    alone. Names of one character are skipped and listed in ``skipped``.
+    alone. Names of one character are not replaced, because they would hit ordinary words, and are listed in
+    ``skipped``; the audit still looks for them, so ``--strict`` fails when one of them occurs in the output.
 
     NOTE: a given name that is also a common word (``하늘``, ``사랑``) or part of one (``지만`` in ``하지만``)
     is replaced there too. Telling a name from a word needs a dictionary and context, and a missed name leaks
@@ -216,10 +219,11 @@ class NameMatcher:
     def __init__(self, names: Iterable[str]):
         names = sorted({name.strip() for name in names if name and name.strip()})
         cleaned = _normalize_names(names)
-        forms, skipped = set(), []
+        forms, skipped, skipped_forms = set(), [], set()
         for name, form in zip(names, cleaned):
             if len(form.replace(" ", "")) < 2:
                 skipped.append(name)
+                skipped_forms.add(form)
                 continue
             forms.add(form)
             forms.update(_given_names(form))
@@ -227,7 +231,8 @@ class NameMatcher:
         self.skipped = tuple(skipped)
         self.forms = tuple(sorted(forms, key=lambda form: (-len(form), form)))
         self.pattern = _compile_alternation([_form_pattern(form, with_endings=True) for form in self.forms])
-        self.audit_pattern = _compile_alternation([_form_pattern(form, with_endings=False) for form in self.forms])
+        audited = sorted(forms | skipped_forms, key=lambda form: (-len(form), form))
+        self.audit_pattern = _compile_alternation([_form_pattern(form, with_endings=False) for form in audited if form])
 
     def replace(self, text: str) -> tuple[str, int]:
         """Return ``text`` with every name replaced by the name sentinel, and the number of replacements."""
@@ -363,6 +368,10 @@ def _apply_text_rules(block: str, dropped: Counter) -> str:
     return _EMPTY_PARENS.sub("", block)
 
 
+def _drop_bars(match: re.Match) -> str:
+    return match.group(0).strip("|")
+
+
 def clean_texts(texts: pd.Series, matcher: NameMatcher) -> tuple[pd.Series, CleaningReport]:
     """Clean message texts; the result has the same index, with "" for every message to drop.
 
@@ -373,8 +382,8 @@ def clean_texts(texts: pd.Series, matcher: NameMatcher) -> tuple[pd.Series, Clea
     dropped: Counter = Counter()
     block = _apply_text_rules(_join(texts.fillna("").astype(str)), dropped)
     block = block.lower()
+    block = _SPECIAL_TOKEN_BRACKETS.sub(_drop_bars, block)
     block, report.name_mentions = matcher.replace(block)
-    block = _SPECIAL_TOKEN_BRACKETS.sub(lambda match: match.group(0).strip("|"), block)
     block = _tidy_whitespace(block)
 
     for placeholder, sentinel in SENTINELS.items():
