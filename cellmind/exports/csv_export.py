@@ -15,6 +15,7 @@ message. Dates may also be in the shapes Excel writes when it re-saves the file 
 import csv
 import io
 import re
+from datetime import datetime
 
 from cellmind.exports.source import SourceLines
 from cellmind.exports.system import match_notice
@@ -66,7 +67,13 @@ def _add_row(source: SourceLines, table: RecordTable, index: int, row: list[str]
         table.add(timestamp, user, text, MESSAGE)
 
 
-def _parse_date(source: SourceLines, index: int, date_text: str):
+def _parse_date(source: SourceLines, index: int, date_text: str) -> datetime:
+    try:
+        timestamp = datetime.fromisoformat(date_text)  # the exporter's own shape, parsed in C
+        if timestamp.tzinfo is None:
+            return timestamp
+    except ValueError:
+        pass
     match = DATE.fullmatch(date_text.strip())
     try:
         if match is None:

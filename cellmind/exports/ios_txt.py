@@ -14,14 +14,18 @@ Long chats come split into ``-1.txt``, ``-2.txt`` ... files, which the reader jo
 """
 
 import re
-from datetime import date
+from datetime import date, datetime
+from functools import lru_cache
 
 from cellmind.exports.table import SYSTEM
-from cellmind.exports.text_layout import DayLine, Record, TextLayout, split_sender
+from cellmind.exports.text_layout import Record, TextLayout, split_sender
 from cellmind.exports.timestamps import make_timestamp, month_number
 
-KOREAN = re.compile(r"(\d{4})\. (\d{1,2})\. (\d{1,2})\. (?:(오전|오후) )?(\d{1,2}):(\d{2})([,:]) ?(.*)")
-ENGLISH = re.compile(r"([A-Z][a-z]{2,8})\.? (\d{1,2}), (\d{4}) at (\d{1,2}):(\d{2})(?: ?([AaPp][Mm]))?([,:]) ?(.*)")
+KOREAN_STAMP = r"(\d{4})\. (\d{1,2})\. (\d{1,2})\. (?:(오전|오후) )?(\d{1,2}):(\d{2})"
+ENGLISH_STAMP = r"([A-Z][a-z]{2,8})\.? (\d{1,2}), (\d{4}) at (\d{1,2}):(\d{2})(?: ?([AaPp][Mm]))?"
+# A record is a stamp, then ", NAME : text" for a message or ": text" for a notice.
+RECORDS = tuple(re.compile(f"({stamp})(?P<separator>[,:]) ?(?P<rest>.*)") for stamp in (KOREAN_STAMP, ENGLISH_STAMP))
+KOREAN, ENGLISH = re.compile(KOREAN_STAMP), re.compile(ENGLISH_STAMP)
 KOREAN_DAY = re.compile(r"(\d{4})년 (\d{1,2})월 (\d{1,2})일 \S+요일")
 ENGLISH_DAY = re.compile(r"[A-Z][a-z]+, ([A-Z][a-z]{2,8}) (\d{1,2}), (\d{4})")
 SAVED_DATE = re.compile(
@@ -32,27 +36,33 @@ NEAR_MISS = re.compile(
 )
 
 
-def classify(line: str, day: date | None) -> Record | DayLine | None:
-    match = KOREAN.fullmatch(line)
-    if match:
-        year, month, day_of_month, meridiem, hour, minute, separator, rest = match.groups()
-    elif match := ENGLISH.fullmatch(line):
-        month, day_of_month, year, hour, minute, meridiem, separator, rest = match.groups()
+def classify(line: str, day: date | None) -> Record | date | None:
+    for record in RECORDS:
+        match = record.fullmatch(line)
+        if match:
+            stamp, separator, rest = match.group(1, "separator", "rest")
+            timestamp = parse_stamp(stamp)
+            return (timestamp, "", rest, SYSTEM) if separator == ":" else split_sender(timestamp, rest)
+    return _day_line(line)
+
+
+@lru_cache(maxsize=4096)
+def parse_stamp(stamp: str) -> datetime:
+    """Parse a record's timestamp; cached because consecutive messages often share the same minute."""
+    if match := KOREAN.fullmatch(stamp):
+        year, month, day_of_month, meridiem, hour, minute = match.groups()
     else:
-        return _day_line(line)
-    timestamp = make_timestamp(year, month, day_of_month, hour, minute, meridiem)
-    if separator == ":":
-        return Record(timestamp, "", rest, SYSTEM)
-    return split_sender(timestamp, rest)
+        month, day_of_month, year, hour, minute, meridiem = ENGLISH.fullmatch(stamp).groups()
+    return make_timestamp(year, month, day_of_month, hour, minute, meridiem)
 
 
-def _day_line(line: str) -> DayLine | None:
+def _day_line(line: str) -> date | None:
     if match := KOREAN_DAY.fullmatch(line):
         year, month, day_of_month = match.groups()
-        return DayLine(date(int(year), int(month), int(day_of_month)))
+        return date(int(year), int(month), int(day_of_month))
     if match := ENGLISH_DAY.fullmatch(line):
         month, day_of_month, year = match.groups()
-        return DayLine(date(int(year), month_number(month), int(day_of_month)))
+        return date(int(year), month_number(month), int(day_of_month))
     return None
 
 
@@ -60,7 +70,7 @@ LAYOUT = TextLayout(
     format="ios_txt",
     label="an iOS TXT export",
     classify=classify,
-    record_signatures=(KOREAN, ENGLISH),
+    record_signatures=RECORDS,
     other_signatures=(KOREAN_DAY, ENGLISH_DAY, SAVED_DATE),
     near_miss=NEAR_MISS,
 )

@@ -11,10 +11,11 @@ no timestamp. Notices have no time at all, so their rows have none either.
 """
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, time
+from functools import lru_cache
 
 from cellmind.exports.table import MESSAGE
-from cellmind.exports.text_layout import DayLine, Record, TextLayout
+from cellmind.exports.text_layout import Record, TextLayout
 from cellmind.exports.timestamps import hour_of_day, month_number
 
 RECORD = re.compile(r"\[(.+?)\] \[(?:(오전|오후) )?(\d{1,2}):(\d{2})(?: ?([AaPp][Mm]))?\] ?(.*)")
@@ -26,19 +27,22 @@ DAY_SIGNATURE = re.compile(r"-{5,} (?:\d{4}년 \d{1,2}월 \d{1,2}일|(?:[A-Z][a-
 NEAR_MISS = re.compile(r"\[[^\]]*\] \[(?:(?:오전|오후) )?\d{1,2}:\d{2}|-{5,} ")
 
 
-def classify(line: str, day: date | None) -> Record | DayLine | None:
+def classify(line: str, day: date | None) -> Record | date | None:
     match = RECORD.fullmatch(line)
     if match:
         sender, korean_meridiem, hour, minute, english_meridiem, text = match.groups()
-        hour_value = hour_of_day(int(hour), korean_meridiem or english_meridiem)
-        timestamp = datetime(day.year, day.month, day.day, hour_value, int(minute)) if day else None
-        if timestamp is None:
-            datetime(2000, 1, 1, hour_value, int(minute))  # still reject a time that does not exist
-        return Record(timestamp, sender, text, MESSAGE)
+        return (_timestamp(day, hour, minute, korean_meridiem or english_meridiem), sender, text, MESSAGE)
     match = DAY.fullmatch(line)
     if match:
-        return DayLine(_parse_date(match.group(1)))
+        return _parse_date(match.group(1))
     return None
+
+
+@lru_cache(maxsize=4096)
+def _timestamp(day: date | None, hour: str, minute: str, meridiem: str | None) -> datetime | None:
+    """Combine the date line's day with a record's time; cached because messages often share a minute."""
+    clock = time(hour_of_day(int(hour), meridiem), int(minute))
+    return datetime.combine(day, clock) if day else None
 
 
 def _parse_date(text: str) -> date:

@@ -115,7 +115,7 @@ def _read_split_group(group: tuple[Path, ...]) -> list[ChatExport]:
 
 def _read_source(source: SourceLines, export_format: str, parts: tuple[Path, ...]) -> ChatExport:
     table = PARSERS[export_format](source).to_frame()
-    senders = set(table.loc[table["kind"] == MESSAGE, "sender"])
+    senders = set(table.loc[table["kind"] == MESSAGE, "sender"].unique())
     system_names = {name for text in table.loc[table["kind"] == SYSTEM, "text"] for name in names_in_system_text(text)}
     labels = senders | system_names
     self_labels = frozenset(label for label in labels if _is_self_label(label))

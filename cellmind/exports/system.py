@@ -55,6 +55,10 @@ NOTICES = (
 )
 
 
+# Every notice above ends with one of these, except the English invite, which contains " invited ".
+NOTICE_ENDINGS = ("습니다.", "습니다", " this chatroom.")
+
+
 @dataclass(frozen=True)
 class Notice:
     kind: str
@@ -64,6 +68,8 @@ class Notice:
 
 def match_notice(line: str) -> Notice | None:
     """Return the notice a whole line states, with every person it names, or None if it is not one."""
+    if not (line.endswith(NOTICE_ENDINGS) or " invited " in line):
+        return None  # a quick test that skips the patterns for almost every message
     for pattern in NOTICES:
         match = pattern.regex.fullmatch(line)
         if match is None:

@@ -1,7 +1,7 @@
 """The line loop shared by the TXT layouts (Windows PC, Android, iOS).
 
 Each layout module supplies ``classify(line, day)``, which reads one line as a record start (``Record``), a date
-line (``DayLine``) or neither (``None``). This loop does the rest, the same way for every layout:
+line (its ``date``) or neither (``None``). This loop does the rest, the same way for every layout:
 
 - Header: before the first record or date line, only blank lines, the title (the first line of text, when a title
   pattern matches it or a saved-date line follows it) and saved-date lines may appear. Any other line is an error.
@@ -19,7 +19,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import NamedTuple
 
 from cellmind.exports.source import SourceLines
 from cellmind.exports.system import is_notice
@@ -31,18 +30,14 @@ TITLE = re.compile(r".*님과 카카오톡 대화|KakaoTalk Chats with .*|.* wit
 HEADER_SCAN_LINES = 20  # a title is followed by its saved-date line within this many lines
 
 
-class Record(NamedTuple):
-    timestamp: datetime | None
-    sender: str
-    text: str
-    kind: str
+# What ``classify`` returns for a record start: (timestamp, sender, text, kind). Plain tuples, not a NamedTuple,
+# because building one per line is a measurable share of the parse time.
+Record = tuple[datetime | None, str, str, str]
 
-
-class DayLine(NamedTuple):
-    day: date | None
-
-
-Classify = Callable[[str, "date | None"], "Record | DayLine | None"]
+# ``classify(line, day)`` returns a Record, the ``date`` of a date line, or None for any other line. ``day`` is the
+# date of the last date line, for layouts whose records carry only a time. It raises ValueError for a date or time
+# that does not exist.
+Classify = Callable[[str, "date | None"], "Record | date | None"]
 
 
 @dataclass(frozen=True)
@@ -60,10 +55,10 @@ def split_sender(timestamp: datetime | None, rest: str) -> Record:
     """Split ``NAME : text`` at the first `` : `` (message bodies may contain more); no sender means a notice."""
     cut = rest.find(" : ")
     if cut >= 0:
-        return Record(timestamp, rest[:cut], rest[cut + 3 :], MESSAGE)
+        return (timestamp, rest[:cut], rest[cut + 3 :], MESSAGE)
     if rest.endswith(" :"):
-        return Record(timestamp, rest[:-2], "", MESSAGE)
-    return Record(timestamp, "", rest, SYSTEM)
+        return (timestamp, rest[:-2], "", MESSAGE)
+    return (timestamp, "", rest, SYSTEM)
 
 
 def header_length(lines: list[str]) -> int:
@@ -83,26 +78,25 @@ def parse_text(source: SourceLines, layout: TextLayout) -> RecordTable:
     """Read every line after the header into records; raise InputFormatError on the first broken line."""
     table = RecordTable()
     lines = source.lines
-    start = header_length(lines)
+    classify = layout.classify
     open_kind: str | None = None  # kind of the record that continuation lines extend
     started = False  # whether a record or date line has been seen
     day: date | None = None
-    for index in range(start, len(lines)):
-        line = lines[index]
+    for index in range(header_length(lines), len(lines)):
         try:
-            parsed = layout.classify(line, day)
+            parsed = classify(lines[index], day)
         except ValueError:
             raise source.unparsed_line_error(
                 index, _(layout.label), _("The date or time in it does not exist.")
             ) from None
         if parsed is None:
             open_kind = _read_bare_line(source, layout, table, index, open_kind, started)
-        elif isinstance(parsed, Record):
+        elif parsed.__class__ is tuple:
             table.add(*parsed)
-            open_kind = parsed.kind
+            open_kind = parsed[3]
         else:
             table.close()
-            day = parsed.day
+            day = parsed
             open_kind = None
         started = True
     return table
