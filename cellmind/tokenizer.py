@@ -218,9 +218,9 @@ def _check_training_options(vocab_size: int | str, character_coverage: float, mo
                 value=vocab_size, limit=MAX_VOCAB_SIZE
             )
         )
-    if not 0.9 <= character_coverage <= 1.0:
+    if not 0.0 < character_coverage <= 1.0:
         raise TokenizerError(
-            _("invalid character coverage {value}: expected a number from 0.9 to 1.0").format(
+            _("invalid character coverage {value}: expected a number above 0 and at most 1").format(
                 value=character_coverage
             )
         )

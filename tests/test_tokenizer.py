@@ -180,6 +180,12 @@ def test_invalid_vocab_size(corpus, tmp_path, vocab_size):
         train_tokenizer(corpus, tmp_path, vocab_size=vocab_size)
 
 
+@pytest.mark.parametrize("coverage", [0.0, 1.5])
+def test_invalid_character_coverage(corpus, tmp_path, coverage):
+    with pytest.raises(TokenizerError, match="invalid character coverage"):
+        train_tokenizer(corpus, tmp_path, vocab_size=VOCAB_SIZE, character_coverage=coverage)
+
+
 def test_missing_input(tmp_path):
     with pytest.raises(MissingFileError, match="cellmind prepare") as raised:
         train_tokenizer(tmp_path / "textonly.txt", tmp_path)
