@@ -29,6 +29,7 @@ test: $(BIN)/cellmind browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(BIN)/cellmind
+	$(BIN)/pip install --quiet -e '.[demo]'
 	$(BIN)/python -m cellmind.demo
 
 bench: $(BIN)/cellmind
