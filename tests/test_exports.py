@@ -704,3 +704,53 @@ def test_plain_text_file_with_kakao_words_stays_plain(tmp_path):
     export = read_export(write_text(tmp_path, "diary.txt", text))
     assert export.format == "plain_txt"
     assert len(export.table) == 3
+
+
+# --- lines inside messages that look like structure ----------------------------------------------------------
+
+
+def test_date_line_inside_message_is_text(tmp_path):
+    lines = [
+        "2022. 10. 28. 오후 9:03, 김하늘 : 다음 모임 일정",
+        "2022년 10월 29일 토요일",
+        "오전 8시 역 앞",
+        "2022. 10. 28. 오후 9:04, 박지호 : 좋아요",
+    ]
+    export = read_export(write_text(tmp_path, "chat.txt", "\n".join(lines)))
+    assert list(export.table["text"]) == ["다음 모임 일정\n2022년 10월 29일 토요일\n오전 8시 역 앞", "좋아요"]
+
+
+def test_dashes_and_dates_inside_pc_message_are_text(tmp_path):
+    lines = [
+        "--------------- 2022년 10월 28일 금요일 ---------------",
+        "[김하늘] [오후 9:03] 공지",
+        "--------------- 준비물 ---------------",
+        "2022년 10월 29일 오후 9:30에 출발 : 늦지 마세요",
+    ]
+    export = read_export(write_text(tmp_path, "chat.txt", "\r\n".join(lines)))
+    assert list(export.table["text"]) == [
+        "공지\n--------------- 준비물 ---------------\n2022년 10월 29일 오후 9:30에 출발 : 늦지 마세요"
+    ]
+
+
+def test_message_line_starting_with_date_is_text(tmp_path):
+    lines = ["2022년 10월 28일 오후 9:03, 김하늘 : 일정", "2022년 10월 29일 오후 9:30에 출발", "2022년 10월 28일 오후 9:04, 박지호 : 네"]
+    export = read_export(write_text(tmp_path, "chat.txt", "\n".join(lines)))
+    assert list(export.table["text"]) == ["일정\n2022년 10월 29일 오후 9:30에 출발", "네"]
+
+
+def test_old_mac_line_ends(tmp_path):
+    text = "2022. 10. 29. 오후 9:03, 김하늘 : 안녕\r둘째 줄\r2022. 10. 29. 오후 9:04, 박지호 : 네\r"
+    export = read_export(write_text(tmp_path, "chat.txt", text))
+    assert list(export.table["text"]) == ["안녕\n둘째 줄", "네"]
+
+
+def test_brace_line_in_text_file_is_plain(tmp_path):
+    export = read_export(write_text(tmp_path, "notes.txt", "{중괄호 메모}\n둘째 줄\n"))
+    assert export.format == "plain_txt"
+    assert list(export.table["text"]) == ["{중괄호 메모}", "둘째 줄"]
+
+
+def test_json_object_lines_in_text_file(tmp_path):
+    export = read_export(write_text(tmp_path, "data.txt", '{"text": "안녕"}\n'))
+    assert export.format == "jsonl"

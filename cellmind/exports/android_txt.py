@@ -26,11 +26,9 @@ KOREAN, ENGLISH, ENGLISH_2015 = (re.compile(stamp) for stamp in (KOREAN_STAMP, E
 KOREAN_DAY = re.compile(r"(\d{4})년 (\d{1,2})월 (\d{1,2})일(?: \S+요일)?")
 ENGLISH_DAY = re.compile(r"(?:[A-Z][a-z]+, )?([A-Z][a-z]{2,8}) (\d{1,2}), (\d{4})")
 SAVED_DATE = re.compile(r"(?:저장한 날짜 : \d{4}년 |Date Saved : [A-Z][a-z]+ \d{1,2}, \d{4}, \d).*")
-NEAR_MISS = re.compile(
-    r"\d{4}년 \d{1,2}월 \d{1,2}일 (?:(?:오전|오후) )?\d{1,2}:\d{2}"
-    r"|[A-Z][a-z]{2,8}\.? \d{1,2}, \d{4},? \d{1,2}:\d{2}"
-    r"|\d{1,2}:\d{2} ?[AaPp][Mm], [A-Z][a-z]{2,8}\.? \d{1,2}, \d{4}"
-)
+# A line that starts with a full timestamp and has a `` : `` later, but not the ", " right after the timestamp, is
+# a record with a broken separator. A message line that merely starts with a date has no `` : `` and stays text.
+NEAR_MISS = re.compile(f"(?:{KOREAN_STAMP}|{ENGLISH_STAMP}|{ENGLISH_2015_STAMP})(?!, ).* : ")
 
 
 def classify(line: str, day: date | None) -> Record | date | None:

@@ -32,7 +32,10 @@ DATE = re.compile(
 
 def is_header(line: str) -> bool:
     """Return whether a line is the ``Date,User,Message`` header, quoted or not, in any case."""
-    fields = next(csv.reader([line]), [])
+    try:
+        fields = next(csv.reader([line]), [])
+    except csv.Error:
+        return False
     return [field.strip().lower() for field in _without_trailing_empty(fields)] == HEADER
 
 

@@ -4,8 +4,9 @@ Encodings, in order: UTF-16 when the file starts with its byte-order mark (Excel
 or without a BOM (every KakaoTalk export); CP949, which is what Excel on Korean Windows writes when a user re-saves
 an export. A file with a NUL byte, or one that is neither UTF-8 nor CP949, is binary.
 
-Lines are split on ``"\\n"`` after ``"\\r\\n"`` becomes ``"\\n"``, never with ``str.splitlines()``: that method
-also breaks at U+2028, U+0085 and other characters that occur inside real messages.
+Lines are split on ``"\\n"`` after ``"\\r\\n"`` and then a lone ``"\\r"`` (old Mac line ends) become ``"\\n"``,
+never with ``str.splitlines()``: that method also breaks at U+2028, U+0085 and other characters that occur inside
+real messages.
 """
 
 from pathlib import Path
@@ -34,8 +35,8 @@ def decode_bytes(path: Path, data: bytes) -> str:
 
 
 def split_lines(text: str) -> list[str]:
-    """Split on line feeds after turning CRLF into LF; a final line break does not add an empty last line."""
-    lines = text.replace("\r\n", "\n").split("\n")
+    """Split on line feeds after turning CRLF and lone CR into LF; a final line break adds no empty last line."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines

@@ -2,7 +2,8 @@
 
 Rules, in order, looking at the decoded lines:
 
-1. The first line with text starts with ``{``: JSON Lines (``jsonl``). A broken line is then an error naming it.
+1. The first line with text is a JSON object, or starts with ``{`` in a ``.jsonl``/``.json`` file: JSON Lines
+   (``jsonl``). A broken line after it is then an error naming it.
 2. The first line with text is a ``Date,User,Message`` header: a KakaoTalk CSV export (``pc_csv``).
 3. Among the first ``SCAN_LINES`` lines, the first one that is a record of a TXT layout (Windows PC, Android,
    iOS) decides the layout. With no record there, the first date line or saved-date line that only one layout
@@ -18,6 +19,7 @@ The rules never look at more than ``SCAN_LINES`` lines, because every KakaoTalk 
 within its first few lines.
 """
 
+import json
 from pathlib import Path
 
 from cellmind.exports import android_txt, csv_export, ios_txt, pc_txt
@@ -35,7 +37,7 @@ def detect_format(path: Path, lines: list[str]) -> str:
     first = next((index for index, line in enumerate(lines) if line.strip()), None)
     if first is None:
         return "plain_txt"
-    if lines[first].lstrip().startswith("{"):
+    if _starts_json_lines(path, lines[first]):
         return "jsonl"
     if csv_export.is_header(lines[first]):
         return "pc_csv"
@@ -52,6 +54,17 @@ def detect_format(path: Path, lines: list[str]) -> str:
     if path.suffix.lower() in STRUCTURED_SUFFIXES:
         raise source.unparsed_line_error(first, _("a KakaoTalk CSV export (header Date,User,Message) or JSON Lines"))
     return "plain_txt"
+
+
+def _starts_json_lines(path: Path, line: str) -> bool:
+    if not line.lstrip().startswith("{"):
+        return False
+    if path.suffix.lower() in STRUCTURED_SUFFIXES:
+        return True
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def find_text_layout(lines: list[str]) -> TextLayout | None:

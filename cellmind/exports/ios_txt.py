@@ -31,9 +31,8 @@ ENGLISH_DAY = re.compile(r"[A-Z][a-z]+, ([A-Z][a-z]{2,8}) (\d{1,2}), (\d{4})")
 SAVED_DATE = re.compile(
     r"(?:저장한 날짜 : \d{4}\. \d{1,2}\. \d{1,2}\. |Date Saved : [A-Z][a-z]{2,8} \d{1,2}, \d{4} at ).*"
 )
-NEAR_MISS = re.compile(
-    r"\d{4}\. \d{1,2}\. \d{1,2}\. (?:(?:오전|오후) )?\d{1,2}:\d{2}|[A-Z][a-z]{2,8}\.? \d{1,2}, \d{4} at \d{1,2}:\d{2}"
-)
+# A full timestamp followed later by `` : `` but not by ", " or ": " is a record with a broken separator.
+NEAR_MISS = re.compile(f"(?:{KOREAN_STAMP}|{ENGLISH_STAMP})(?![,:] ).* : ")
 
 
 def classify(line: str, day: date | None) -> Record | date | None:

@@ -19,12 +19,12 @@ from cellmind.exports.text_layout import Record, TextLayout
 from cellmind.exports.timestamps import hour_of_day, month_number
 
 RECORD = re.compile(r"\[(.+?)\] \[(?:(오전|오후) )?(\d{1,2}):(\d{2})(?: ?([AaPp][Mm]))?\] ?(.*)")
-DAY = re.compile(r"-{5,} (.+?) -{5,}")
+DAY = re.compile(r"-{15} (.*\d{4}.*) -{15}")  # a line of dashes without a year is message text
 KOREAN_DATE = re.compile(r"(\d{4})년 (\d{1,2})월 (\d{1,2})일(?: \S+요일)?")
 ENGLISH_DATE = re.compile(r"(?:[A-Z][a-z]+, )?([A-Z][a-z]{2,8}) (\d{1,2}), (\d{4})")
 SAVED_DATE = re.compile(r"(?:저장한 날짜|Date Saved) : \d{4}-\d{1,2}-\d{1,2} \d{1,2}:\d{2}.*")
-DAY_SIGNATURE = re.compile(r"-{5,} (?:\d{4}년 \d{1,2}월 \d{1,2}일|(?:[A-Z][a-z]+, )?[A-Z][a-z]{2,8} \d{1,2}, \d{4}).* -{5,}")
-NEAR_MISS = re.compile(r"\[[^\]]*\] \[(?:(?:오전|오후) )?\d{1,2}:\d{2}|-{5,} ")
+DAY_SIGNATURE = re.compile(r"-{15} (?:\d{4}년 \d{1,2}월 \d{1,2}일|(?:[A-Z][a-z]+, )?[A-Z][a-z]{2,8} \d{1,2}, \d{4}).* -{15}")
+NEAR_MISS = re.compile(r"\[[^\]]*\] \[(?:(?:오전|오후) )?\d{1,2}:\d{2}")
 
 
 def classify(line: str, day: date | None) -> Record | date | None:

@@ -7,7 +7,8 @@ line (its ``date``) or neither (``None``). This loop does the rest, the same way
   pattern matches it or a saved-date line follows it) and saved-date lines may appear. Any other line is an error.
 - A line that is neither a record nor a date line continues the open record, so multi-line messages stay whole.
   Blank lines at the end of a record are dropped.
-- A date line closes the open record. On Android it looks exactly like the next record's timestamp.
+- A date line closes the open record. On Android it looks exactly like the next record's timestamp. When text
+  follows a date line instead of a record, the "date line" was a line of the message before it, and is put back.
 - Windows PC TXT writes system notices as bare lines with no timestamp (``bare_notices``). A bare line that states
   a whole known notice becomes a system row instead of gluing onto the message above it. After a system record,
   every layout does the same, because open chats print the policy line under the join notice.
@@ -76,56 +77,81 @@ def header_length(lines: list[str]) -> int:
 
 def parse_text(source: SourceLines, layout: TextLayout) -> RecordTable:
     """Read every line after the header into records; raise InputFormatError on the first broken line."""
-    table = RecordTable()
-    lines = source.lines
-    classify = layout.classify
-    open_kind: str | None = None  # kind of the record that continuation lines extend
-    started = False  # whether a record or date line has been seen
-    day: date | None = None
-    for index in range(header_length(lines), len(lines)):
-        try:
-            parsed = classify(lines[index], day)
-        except ValueError:
-            raise source.unparsed_line_error(
-                index, _(layout.label), _("The date or time in it does not exist.")
-            ) from None
-        if parsed is None:
-            open_kind = _read_bare_line(source, layout, table, index, open_kind, started)
-        elif parsed.__class__ is tuple:
-            table.add(*parsed)
-            open_kind = parsed[3]
+    return _LineReader(source, layout).read()
+
+
+class _LineReader:
+    """The state of one pass over a file's lines: the table so far and the record that continuation lines extend."""
+
+    def __init__(self, source: SourceLines, layout: TextLayout) -> None:
+        self.source = source
+        self.layout = layout
+        self.table = RecordTable()
+        self.open_kind: str | None = None  # kind of the open record; None before the first one and after a date line
+        self.started = False  # whether a record or a date line has been read
+        self.day_line: int | None = None  # index of the last date line, while no record has followed it
+
+    def read(self) -> RecordTable:
+        lines = self.source.lines
+        classify = self.layout.classify
+        table = self.table
+        day: date | None = None
+        for index in range(header_length(lines), len(lines)):
+            try:
+                parsed = classify(lines[index], day)
+            except ValueError:
+                raise self.source.unparsed_line_error(
+                    index, _(self.layout.label), _("The date or time in it does not exist.")
+                ) from None
+            if parsed is None:
+                self.read_bare_line(index)
+            elif parsed.__class__ is tuple:
+                table.add(*parsed)
+                self.open_kind = parsed[3]
+                self.day_line = None
+            else:
+                table.close()
+                day = parsed
+                self.open_kind = None
+                self.day_line = index
+            self.started = True
+        return table
+
+    def read_bare_line(self, index: int) -> None:
+        """Place a line that is not a record start: continuation, notice, or an error."""
+        line = self.source.lines[index]
+        if not line.strip():
+            if self.open_kind is not None:
+                self.table.continue_text(line)
+            return
+        if not self.started or self.layout.near_miss.match(line):
+            raise self.source.unparsed_line_error(index, _(self.layout.label))
+        if (self.layout.bare_notices or self.open_kind == SYSTEM) and is_notice(line):
+            timestamp = self.table.timestamps[-1] if self.open_kind == SYSTEM else None
+            self.table.add(timestamp, "", line, SYSTEM)
+            self.open_kind = SYSTEM
+        elif self.open_kind is not None:
+            self.table.continue_text(line)
+        elif self.layout.bare_notices:
+            # Right after a date line nothing can continue, so on Windows PC TXT this is a notice of a kind the
+            # patterns do not know.
+            self.table.add(None, "", line, SYSTEM)
+            self.open_kind = SYSTEM
+        elif self.day_line is not None and len(self.table):
+            self.reopen_after_day_line(line)
         else:
-            table.close()
-            day = parsed
-            open_kind = None
-        started = True
-    return table
+            raise self.source.unparsed_line_error(index, _(self.layout.label))
 
+    def reopen_after_day_line(self, line: str) -> None:
+        """Treat the last "date line" as text of the record before it, because text follows it instead of a record.
 
-def _read_bare_line(
-    source: SourceLines, layout: TextLayout, table: RecordTable, index: int, open_kind: str | None, started: bool
-) -> str | None:
-    """Place a line that is not a record start, and return the kind of the record open after it."""
-    line = source.lines[index]
-    if not line.strip():
-        if open_kind is not None:
-            table.continue_text(line)
-        return open_kind
-    if not started or layout.near_miss.match(line):
-        raise source.unparsed_line_error(index, _(layout.label))
-    if (layout.bare_notices or open_kind == SYSTEM) and is_notice(line):
-        timestamp = table.timestamps[-1] if open_kind == SYSTEM else None
-        table.add(timestamp, "", line, SYSTEM)
-        return SYSTEM
-    if open_kind is not None:
-        table.continue_text(line)
-        return open_kind
-    if layout.bare_notices:
-        # Right after a date line nothing can continue, so on Windows PC TXT this is a notice of a kind
-        # the patterns do not know.
-        table.add(None, "", line, SYSTEM)
-        return SYSTEM
-    raise source.unparsed_line_error(index, _(layout.label))
+        A message can contain a line such as ``2022년 10월 29일 토요일`` (a schedule); on Android and iOS a real
+        date line is always followed by a record.
+        """
+        self.table.continue_text(self.source.lines[self.day_line])
+        self.table.continue_text(line)
+        self.open_kind = self.table.kinds[-1]
+        self.day_line = None
 
 
 def _saved_date_follows(lines: list[str], index: int) -> bool:
