@@ -36,7 +36,7 @@ SPLIT_PART = re.compile(r"(?P<stem>.+)-(?P<number>\d+)\.txt", re.IGNORECASE)
 
 
 def read_export(path: str | Path) -> ChatExport:
-    """Read one file; raise InputFormatError if it is empty, binary or in no layout a reader knows."""
+    """Read one file; raise InputFormatError if it is empty, binary or in no layout that a reader supports."""
     path = Path(path)
     lines = read_lines(path)
     return _read_source(SourceLines.of_file(path, lines), detect_format(path, lines), (path,))

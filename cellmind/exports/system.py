@@ -25,7 +25,7 @@ OPEN_CHAT_POLICY = (
 class NoticePattern:
     kind: str
     regex: re.Pattern
-    names_group: str | None  # group holding the names, None when the notice names nobody
+    names_group: str | None  # group holding the names, None when the notice names no person
     actor_group: str | None = None  # group holding the person who acted (the inviter)
     list_separator: re.Pattern | None = None  # how the names group lists several people
 

@@ -31,8 +31,8 @@ TITLE = re.compile(r".*님과 카카오톡 대화|KakaoTalk Chats with .*|.* wit
 HEADER_SCAN_LINES = 20  # a title is followed by its saved-date line within this many lines
 
 
-# What ``classify`` returns for a record start: (timestamp, sender, text, kind). Plain tuples, not a NamedTuple,
-# because building one per line is a measurable share of the parse time.
+# A record start as ``classify`` returns it: (timestamp, sender, text, kind). It is a plain tuple, not a
+# NamedTuple, because building one per line is a measurable share of the parse time.
 Record = tuple[datetime | None, str, str, str]
 
 # ``classify(line, day)`` returns a Record, the ``date`` of a date line, or None for any other line. ``day`` is the
