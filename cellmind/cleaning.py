@@ -44,6 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from cellmind import tokens
@@ -121,6 +122,10 @@ NOTICES = {
 }
 """Whole messages that are notices of something not trainable, per drop reason (case-insensitive)."""
 
+WHOLE_MESSAGE_FIRST_CHARACTERS = "사동이스삭메채관보페그라음영파샵톡투선지위연(<#0-9a-z"
+"""Every form in the three tables above starts with one of these (case-insensitive); messages starting with
+anything else skip the whole-message pattern, which is most of the cost of that step."""
+
 HONORIFIC_ENDINGS = ("님", "씨")
 """Endings replaced together with any Korean name: ``한결님`` -> ``<NAME>``."""
 ENDINGS_AFTER_CONSONANT = ("아", "이")
@@ -135,23 +140,25 @@ _EMOJI_BASE = (
     "\u3030\u303D\u3297\u3299\u203C\u2049\u2139\u24C2\u25AA\u25AB\u25B6\u25C0\u25FB-\u25FE"
 )
 _EMOJI_MODIFIER = "\uFE0E\uFE0F\u20E3\U0001F3FB-\U0001F3FF\U000E0020-\U000E007F"
+_REGIONAL_INDICATOR = "\U0001F1E6-\U0001F1FF"
 _EMOJI = re.compile(
-    f"[\U0001F1E6-\U0001F1FF]{{2}}"  # a flag: two regional indicators
-    f"|[0-9#*]\uFE0F?\u20E3"  # a keycap
-    f"|[{_EMOJI_BASE}][{_EMOJI_MODIFIER}]*(?:\u200D[{_EMOJI_BASE}][{_EMOJI_MODIFIER}]*)*"
+    # One leading character class lets re skip non-emoji text quickly; a second regional indicator right after
+    # a first one makes a flag.
+    f"[{_EMOJI_BASE}](?:(?<=[{_REGIONAL_INDICATOR}])[{_REGIONAL_INDICATOR}])?[{_EMOJI_MODIFIER}]*"
+    f"(?:\u200D[{_EMOJI_BASE}][{_EMOJI_MODIFIER}]*)*"
 )
+_KEYCAP = re.compile("[0-9#*]\uFE0F?\u20E3")
 _EMOJI_LEFTOVERS = re.compile("[\u200D\uFE0E\uFE0F\u20E3]")
 
 _INVISIBLE = re.compile(
     "[\x01-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u00ad\u180e\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064"
     "\u2066-\u206f\ufeff\ufff9-\ufffb\ue000-\uf8ff\U000F0000-\U0010FFFF]"
 )
-_LINE_BREAK = re.compile("\r\n?|[\u2028\u2029\x85\x0b\x0c]")
+_LINE_BREAK = re.compile("[\r\u2028\u2029\x85\x0b\x0c]")
 _SPACE = re.compile("[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 _BLANK_AFTER_NEWLINE = re.compile("\n[ \n]+")
-_BLANK_BEFORE_NEWLINE = re.compile(" +\n")
 _BLANK_AFTER_SEP = re.compile("\x00[ \n]+")
-_BLANK_BEFORE_SEP = re.compile("[ \n]+\x00")
+_SPACES_AFTER_NEWLINE = re.compile("\n +")
 
 
 def _run_start(chars: str) -> str:
@@ -173,6 +180,10 @@ _PHONE = re.compile(
     r"(?:1[016789]|2|[3-6][1-5]|70|50[2-8]?)\)?[-. ]?\d{3,4}[-. ]?\d{4}(?!\d)"
 )
 _REPEAT = re.compile(r"([^\s\x00])\1{5,}")
+# Every URL contains "://", "www." or "." before a top-level domain. The URL pattern runs only on the messages
+# where this cheaper pattern matches, because the URL pattern cannot skip ahead on a leading literal.
+_AT_SIGN = re.compile("@")
+_URL_TRIGGER = re.compile(rf"[:.](?://|(?<=[wW][wW][wW]\.)|(?i:{_TOP_LEVEL_DOMAINS})(?![a-z0-9-]))")
 _EMPTY_PARENS = re.compile(r"\( *\)|（ *）")
 _SPECIAL_TOKEN_BRACKETS = re.compile(r"<\|+|\|+>")
 
@@ -203,7 +214,7 @@ class NameMatcher:
     """Finds known names in cleaned (lowercased, sentinel-bearing) text, longest first.
 
     Each name is cleaned like message text first, so a nickname with emoji, capitals or repeated characters
-    matches its cleaned mentions. A Korean name of three Hangul syllables (four with a compound surname) also
+    matches its cleaned mentions; a nickname with emoji also matches without them. A Korean name of three Hangul syllables (four with a compound surname) also
     yields its given name: ``이윤슬`` -> ``윤슬``. Korean names match anywhere, because Korean has no word
     boundaries, together with an attached honorific (님, 씨) or vocative/familiar ending (아, 이 after a final
     consonant, 야 after a vowel); particles after that ending stay (``윤슬이가`` -> ``<NAME>가``). Names that
@@ -227,6 +238,9 @@ class NameMatcher:
                 continue
             forms.add(form)
             forms.update(_given_names(form))
+            without_emoji = " ".join(form.replace(SENTINELS[tokens.EMOJI], " ").split())
+            if without_emoji != form and len(without_emoji.replace(" ", "")) >= 2:
+                forms.add(without_emoji)  # "🐰토끼" is often written "토끼"
         self.names = tuple(names)
         self.skipped = tuple(skipped)
         self.forms = tuple(sorted(forms, key=lambda form: (-len(form), form)))
@@ -312,11 +326,46 @@ def _split(block: str) -> list[str]:
 
 
 def _tidy_whitespace(block: str) -> str:
-    """Collapse blank runs around newlines into one newline and strip every message."""
+    """Collapse blank runs around newlines into one newline and strip every message.
+
+    Blanks before a newline or ``SEP`` are removed on the reversed block, where they come after it: a
+    pattern that starts with a literal lets ``re`` skip ahead, one that starts with a space does not.
+    """
     block = _BLANK_AFTER_NEWLINE.sub("\n", block)
-    block = _BLANK_BEFORE_NEWLINE.sub("\n", block)
     block = _BLANK_AFTER_SEP.sub(SEP, block)
-    return _BLANK_BEFORE_SEP.sub(SEP, block)
+    reversed_block = block[::-1]
+    reversed_block = _SPACES_AFTER_NEWLINE.sub("\n", reversed_block)
+    reversed_block = _BLANK_AFTER_SEP.sub(SEP, reversed_block)
+    return reversed_block[::-1]
+
+
+def _sub_in_messages(block: str, positions: Iterable[int], pattern: re.Pattern, replacement) -> str:
+    """Apply ``pattern.sub`` only to the messages of ``block`` that contain one of ``positions`` (ascending)."""
+    pieces, done = [], 0
+    for position in positions:
+        if position < done:
+            continue
+        start = block.rfind(SEP, 0, position) + 1
+        stop = block.find(SEP, position)
+        pieces.append(block[done:start])
+        pieces.append(pattern.sub(replacement, block[start:stop]))
+        done = stop
+    pieces.append(block[done:])
+    return "".join(pieces)
+
+
+def _trigger_positions(block: str, trigger: re.Pattern) -> Iterable[int]:
+    return (match.start() for match in trigger.finditer(block))
+
+
+def _repeat_positions(block: str) -> Iterable[int]:
+    """Positions where a character other than ``SEP`` starts a run of 6 or more, found with numpy."""
+    codes = np.frombuffer(block.encode("utf-32-le"), dtype=np.uint32)
+    if len(codes) < 6:
+        return []
+    same = codes[1:] == codes[:-1]
+    runs = same[:-4] & same[1:-3] & same[2:-2] & same[3:-1] & same[4:] & (codes[:-5] != 0)
+    return np.flatnonzero(runs).tolist()
 
 
 def _whole_message_pattern() -> tuple[re.Pattern, dict[str, tuple[str, str]]]:
@@ -330,7 +379,8 @@ def _whole_message_pattern() -> tuple[re.Pattern, dict[str, tuple[str, str]]]:
     for index, (reason, forms) in enumerate(NOTICES.items()):
         alternatives.append(f"(?P<notice{index}>(?:{'|'.join(forms)})(?=\x00))")
         groups[f"notice{index}"] = (reason, "")
-    return re.compile("\x00(?:" + "|".join(alternatives) + ")", re.I), groups
+    first = f"(?=[{WHOLE_MESSAGE_FIRST_CHARACTERS}])"
+    return re.compile(f"\x00{first}(?:" + "|".join(alternatives) + ")", re.I), groups
 
 
 _WHOLE_MESSAGE, _WHOLE_MESSAGE_GROUPS = _whole_message_pattern()
@@ -346,25 +396,31 @@ def _replace_whole_messages(block: str, dropped: Counter) -> str:
     return _WHOLE_MESSAGE.sub(replace, block)
 
 
+def _five_times(match: re.Match) -> str:
+    return match.group(1) * 5
+
+
 def _apply_text_rules(block: str, dropped: Counter) -> str:
     """Steps 1-9 of the module docstring on a joined block; counts notices dropped in step 5 into ``dropped``."""
     block = _INVISIBLE.sub("", block)
     block = unicodedata.normalize("NFC", block)
+    block = block.replace("\r\n", "\n")
     block = _LINE_BREAK.sub("\n", block)
     block = _SPACE.sub(" ", block)
     block = _tidy_whitespace(block)
 
     block = _replace_whole_messages(block, dropped)
 
-    if "@" in block:
-        block = _EMAIL.sub(SENTINELS[tokens.EMAIL], block)
-    block = _URL.sub(SENTINELS[tokens.URL], block)
+    block = _sub_in_messages(block, _trigger_positions(block, _AT_SIGN), _EMAIL, SENTINELS[tokens.EMAIL])
+    block = _sub_in_messages(block, _trigger_positions(block, _URL_TRIGGER), _URL, SENTINELS[tokens.URL])
     block = _PHONE.sub(SENTINELS[tokens.PHONE], block)
 
+    if "\u20e3" in block:
+        block = _KEYCAP.sub(SENTINELS[tokens.EMOJI], block)
     block = _EMOJI.sub(SENTINELS[tokens.EMOJI], block)
     block = _EMOJI_LEFTOVERS.sub("", block)
 
-    block = _REPEAT.sub(r"\1\1\1\1\1", block)
+    block = _sub_in_messages(block, _repeat_positions(block), _REPEAT, _five_times)
     return _EMPTY_PARENS.sub("", block)
 
 
@@ -382,7 +438,8 @@ def clean_texts(texts: pd.Series, matcher: NameMatcher) -> tuple[pd.Series, Clea
     dropped: Counter = Counter()
     block = _apply_text_rules(_join(texts.fillna("").astype(str)), dropped)
     block = block.lower()
-    block = _SPECIAL_TOKEN_BRACKETS.sub(_drop_bars, block)
+    if "<|" in block or "|>" in block:
+        block = _SPECIAL_TOKEN_BRACKETS.sub(_drop_bars, block)
     block, report.name_mentions = matcher.replace(block)
     block = _tidy_whitespace(block)
 
