@@ -69,16 +69,25 @@ def message_by_prefix(export: ChatExport, prefix: str) -> pd.Series:
     return found.iloc[0]
 
 
-@pytest.fixture(scope="module")
-def specimen():
+def cached_reader(folder: Path):
     cache: dict[str, ChatExport] = {}
 
     def read(name: str) -> ChatExport:
         if name not in cache:
-            cache[name] = read_export(SPECIMENS / name)
+            cache[name] = read_export(folder / name)
         return cache[name]
 
     return read
+
+
+@pytest.fixture(scope="module")
+def specimen():
+    return cached_reader(SPECIMENS)
+
+
+@pytest.fixture(scope="module")
+def fixture_export():
+    return cached_reader(FIXTURES)
 
 
 def write_bytes(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -354,13 +363,13 @@ FIXTURE_FILES = sorted(FIXTURE_EXPECTED)
 
 
 @pytest.mark.parametrize("name", FIXTURE_FILES)
-def test_fixture_format(name):
-    assert read_export(FIXTURES / name).format == FIXTURE_EXPECTED[name][0]
+def test_fixture_format(fixture_export, name):
+    assert fixture_export(name).format == FIXTURE_EXPECTED[name][0]
 
 
 @pytest.mark.parametrize("name", FIXTURE_FILES)
-def test_fixture_counts(name):
-    export = read_export(FIXTURES / name)
+def test_fixture_counts(fixture_export, name):
+    export = fixture_export(name)
     _format, message_count, multi_line, system_count, *_rest = FIXTURE_EXPECTED[name]
     assert len(messages(export)) == message_count
     assert multi_line_count(export) == multi_line
@@ -368,8 +377,8 @@ def test_fixture_counts(name):
 
 
 @pytest.mark.parametrize("name", FIXTURE_FILES)
-def test_fixture_people(name):
-    export = read_export(FIXTURES / name)
+def test_fixture_people(fixture_export, name):
+    export = fixture_export(name)
     *_counts, expected_participants, expected_names, expected_self_labels = FIXTURE_EXPECTED[name]
     assert participants(export) == expected_participants
     assert export.names == frozenset(expected_names)
@@ -396,8 +405,8 @@ def test_fixture_people(name):
         ("open_chat_pc_ko.txt", "저도 갈래요", datetime(2023, 3, 1, 21, 45)),
     ],
 )
-def test_fixture_timestamp(name, prefix, timestamp):
-    assert message_by_prefix(read_export(FIXTURES / name), prefix)["timestamp"] == timestamp
+def test_fixture_timestamp(fixture_export, name, prefix, timestamp):
+    assert message_by_prefix(fixture_export(name), prefix)["timestamp"] == timestamp
 
 
 def test_csv_english_invite_needs_user_as_inviter():

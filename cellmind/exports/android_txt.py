@@ -65,7 +65,6 @@ def _day_line(line: str) -> date | None:
 
 LAYOUT = TextLayout(
     format="android_txt",
-    label="an Android TXT export",
     classify=classify,
     record_signatures=RECORDS,
     other_signatures=(SAVED_DATE,),

@@ -24,7 +24,7 @@ from cellmind.exports.timestamps import make_timestamp
 from cellmind.i18n import _
 
 HEADER = ["date", "user", "message"]
-LABEL = "a KakaoTalk CSV export"
+FORMAT = "pc_csv"
 DATE = re.compile(
     r"(\d{4})[-./] ?(\d{1,2})[-./] ?(\d{1,2})\.? (?:(오전|오후) )?(\d{1,2}):(\d{2})(?::(\d{2}))?(?: ?([AaPp][Mm]))?"
 )
@@ -50,7 +50,7 @@ def parse(source: SourceLines) -> RecordTable:
                 _add_row(source, table, row_start, row)
             row_start = reader.line_num
     except csv.Error as error:
-        raise source.unparsed_line_error(row_start, _(LABEL), _("CSV error: {error}.").format(error=error)) from None
+        raise source.unparsed_line_error(row_start, FORMAT, _("CSV error: {error}.").format(error=error)) from None
     return table
 
 
@@ -58,7 +58,7 @@ def _add_row(source: SourceLines, table: RecordTable, index: int, row: list[str]
     row = _without_trailing_empty(row)
     if len(row) != 3:
         reason = _("It has {count} fields, not the 3 of Date, User and Message.").format(count=len(row))
-        raise source.unparsed_line_error(index, _(LABEL), reason)
+        raise source.unparsed_line_error(index, FORMAT, reason)
     date_text, user, text = row
     if not date_text.strip():
         table.add(None, "", text, SYSTEM)
@@ -85,7 +85,7 @@ def _parse_date(source: SourceLines, index: int, date_text: str) -> datetime:
         return make_timestamp(year, month, day, hour, minute, korean_meridiem or english_meridiem, second or "0")
     except ValueError:
         reason = _("The Date field {value!r} is not a date and time that exists.").format(value=date_text)
-        raise source.unparsed_line_error(index, _(LABEL), reason) from None
+        raise source.unparsed_line_error(index, FORMAT, reason) from None
 
 
 def _states_notice(user: str, text: str) -> bool:

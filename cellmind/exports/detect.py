@@ -25,7 +25,6 @@ from pathlib import Path
 from cellmind.exports import android_txt, csv_export, ios_txt, pc_txt
 from cellmind.exports.source import SourceLines
 from cellmind.exports.text_layout import SAVED_DATE, TITLE, TextLayout, header_length
-from cellmind.i18n import _
 
 SCAN_LINES = 200
 TEXT_LAYOUTS = (pc_txt.LAYOUT, android_txt.LAYOUT, ios_txt.LAYOUT)
@@ -50,9 +49,9 @@ def detect_format(path: Path, lines: list[str]) -> str:
     source = SourceLines.of_file(path, lines)
     if any(TITLE.fullmatch(line) or SAVED_DATE.match(line) for line in scanned):
         index = min(header_length(lines), len(lines) - 1)
-        raise source.unparsed_line_error(index, _("a KakaoTalk export"))
+        raise source.unparsed_line_error(index, "kakaotalk")
     if path.suffix.lower() in STRUCTURED_SUFFIXES:
-        raise source.unparsed_line_error(first, _("a KakaoTalk CSV export (header Date,User,Message) or JSON Lines"))
+        raise source.unparsed_line_error(first, "structured")
     return "plain_txt"
 
 

@@ -67,7 +67,6 @@ def _day_line(line: str) -> date | None:
 
 LAYOUT = TextLayout(
     format="ios_txt",
-    label="an iOS TXT export",
     classify=classify,
     record_signatures=RECORDS,
     other_signatures=(KOREAN_DAY, ENGLISH_DAY, SAVED_DATE),

@@ -57,7 +57,6 @@ def _parse_date(text: str) -> date:
 
 LAYOUT = TextLayout(
     format="pc_txt",
-    label="a Windows PC TXT export",
     classify=classify,
     record_signatures=(RECORD,),
     other_signatures=(DAY_SIGNATURE, SAVED_DATE),

@@ -42,16 +42,29 @@ class SourceLines:
         path, first_line_number = self._origins[part]
         return path, first_line_number + index - self._starts[part]
 
-    def unparsed_line_error(self, index: int, layout_label: str, reason: str = "") -> InputFormatError:
-        """Build the error for a line the layout cannot read, quoting the line and naming its file and number."""
+    def unparsed_line_error(self, index: int, export_format: str, reason: str = "") -> InputFormatError:
+        """Build the error for a line the format cannot read, quoting the line and naming its file and number."""
         path, line_number = self.locate(index)
         message = _("{path}, line {line}: cannot read this line as {layout}: {quoted}.").format(
-            path=path, line=line_number, layout=layout_label, quoted=quote(self.lines[index])
+            path=path, line=line_number, layout=format_label(export_format), quoted=quote(self.lines[index])
         )
         if reason:
             message += " " + reason
         message += " " + _("Fix or remove the line, or export the chat again from KakaoTalk.")
         return InputFormatError(message)
+
+
+def format_label(export_format: str) -> str:
+    """Name a format in messages; a function so that the text is translated when the message is built."""
+    labels = {
+        "pc_csv": _("a KakaoTalk CSV export"),
+        "pc_txt": _("a Windows PC TXT export"),
+        "android_txt": _("an Android TXT export"),
+        "ios_txt": _("an iOS TXT export"),
+        "kakaotalk": _("a KakaoTalk export"),
+        "structured": _("a KakaoTalk CSV export (header Date,User,Message) or JSON Lines"),
+    }
+    return labels[export_format]
 
 
 def quote(line: str) -> str:

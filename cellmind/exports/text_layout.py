@@ -44,7 +44,6 @@ Classify = Callable[[str, "date | None"], "Record | date | None"]
 @dataclass(frozen=True)
 class TextLayout:
     format: str
-    label: str  # the layout's name in messages, in English (translated where shown)
     classify: Classify
     record_signatures: tuple[re.Pattern, ...]  # a line matching one of these is a record of this layout
     other_signatures: tuple[re.Pattern, ...]  # date lines and saved-date lines only this layout writes
@@ -101,7 +100,7 @@ class _LineReader:
                 parsed = classify(lines[index], day)
             except ValueError:
                 raise self.source.unparsed_line_error(
-                    index, _(self.layout.label), _("The date or time in it does not exist.")
+                    index, self.layout.format, _("The date or time in it does not exist.")
                 ) from None
             if parsed is None:
                 self.read_bare_line(index)
@@ -125,7 +124,7 @@ class _LineReader:
                 self.table.continue_text(line)
             return
         if not self.started or self.layout.near_miss.match(line):
-            raise self.source.unparsed_line_error(index, _(self.layout.label))
+            raise self.source.unparsed_line_error(index, self.layout.format)
         if (self.layout.bare_notices or self.open_kind == SYSTEM) and is_notice(line):
             timestamp = self.table.timestamps[-1] if self.open_kind == SYSTEM else None
             self.table.add(timestamp, "", line, SYSTEM)
@@ -140,7 +139,7 @@ class _LineReader:
         elif self.day_line is not None and len(self.table):
             self.reopen_after_day_line(line)
         else:
-            raise self.source.unparsed_line_error(index, _(self.layout.label))
+            raise self.source.unparsed_line_error(index, self.layout.format)
 
     def reopen_after_day_line(self, line: str) -> None:
         """Treat the last "date line" as text of the record before it, because text follows it instead of a record.
