@@ -90,7 +90,7 @@ def numbered_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
 def save_checkpoint(
     directory_or_path: str | Path,
     *,
-    model: torch.nn.Module,
+    model: torch.nn.Module | dict[str, torch.Tensor],
     optimizer_state: dict[str, Any] | None,
     global_epoch: int,
     config: Config | dict[str, Any],
@@ -100,8 +100,9 @@ def save_checkpoint(
     """Write ``latest.pt`` atomically plus a numbered copy, drop numbered copies beyond ``keep``; return latest's path.
 
     ``directory_or_path`` is a directory (the file is ``latest.pt`` in it) or the path of the latest file itself;
-    numbered copies go next to it. ``keep=0`` writes no numbered copy. A reader never sees a half-written file,
-    because each name is switched to a complete, fsynced file with ``os.replace``.
+    numbered copies go next to it. ``model`` is the network or its state dict (e.g. ``Checkpoint.model_state``).
+    ``keep=0`` writes no numbered copy. A reader never sees a half-written file, because each name is switched to
+    a complete, fsynced file with ``os.replace``.
     """
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
@@ -109,7 +110,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     config_dict = config.to_dict() if isinstance(config, Config) else dict(config)
     payload = {
-        "model": model.state_dict(),
+        "model": model.state_dict() if isinstance(model, torch.nn.Module) else dict(model),
         "optimizer": optimizer_state,
         "global_epoch": int(global_epoch),
         "config": config_dict,

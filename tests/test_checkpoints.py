@@ -92,6 +92,16 @@ def test_round_trip_keeps_every_field(tmp_path):
     assert torch.equal(restored_first["exp_avg"], first["exp_avg"])
 
 
+def test_saving_loaded_state_dict_round_trips(tmp_path):
+    model = tiny_model()
+    first = load_checkpoint(save(tmp_path / "a", model, global_epoch=3))
+    second = load_checkpoint(save(tmp_path / "b", first.model_state, global_epoch=first.global_epoch))
+    assert second.global_epoch == 3
+    assert build_model(second).is_tied()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(second.model_state[name], tensor), name
+
+
 def test_retention_keeps_newest_numbered_copies(tmp_path):
     for epoch in range(1, 6):
         save(tmp_path, tiny_model(), global_epoch=epoch, keep=3)
