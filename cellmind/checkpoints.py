@@ -298,6 +298,8 @@ def load_latest_good(directory_or_path: str | Path, map_location: str | torch.de
     for candidate in _candidates(directory_or_path):
         try:
             return load_checkpoint(candidate, map_location=map_location)
+        except MissingFileError:
+            logger.info(f"Checkpoint {candidate} was removed while the directory was read; skipping it")
         except CheckpointError as error:
             logger.warning(f"Rejected checkpoint {candidate}: {error}")
             rejected.append(error)
