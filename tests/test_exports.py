@@ -674,7 +674,7 @@ def test_plain_lines_before_kakao_record_rejected(tmp_path):
     [
         "2022년 2월 30일 오후 9:03, 김하늘 : 없는 날짜",
         "2022년 10월 29일 오후 13:03, 김하늘 : 없는 시각",
-        "2022년 10월 29일 오전 0:03, 김하늘 : 0시는 12시간제에 없음",
+        "2022년 10월 29일 9:63, 김하늘 : 없는 분",
     ],
 )
 def test_impossible_timestamp_rejected(tmp_path, line):
@@ -748,6 +748,14 @@ def test_message_line_starting_with_date_is_text(tmp_path):
     assert list(export.table["text"]) == ["일정\n2022년 10월 29일 오후 9:30에 출발", "네"]
 
 
+@pytest.mark.parametrize(
+    ("clock", "hour"), [("오전 12:05", 0), ("오전 0:05", 0), ("오전 9:05", 9), ("오후 12:05", 12), ("오후 0:05", 12), ("오후 9:05", 21)]
+)
+def test_twelve_hour_clock(tmp_path, clock, hour):
+    path = write_text(tmp_path, "chat.txt", f"2022. 10. 29. {clock}, 김하늘 : 안녕\n")
+    assert read_export(path).table["timestamp"].tolist() == [datetime(2022, 10, 29, hour, 5)]
+
+
 def test_old_mac_line_ends(tmp_path):
     text = "2022. 10. 29. 오후 9:03, 김하늘 : 안녕\r둘째 줄\r2022. 10. 29. 오후 9:04, 박지호 : 네\r"
     export = read_export(write_text(tmp_path, "chat.txt", text))
@@ -763,3 +771,29 @@ def test_brace_line_in_text_file_is_plain(tmp_path):
 def test_json_object_lines_in_text_file(tmp_path):
     export = read_export(write_text(tmp_path, "data.txt", '{"text": "안녕"}\n'))
     assert export.format == "jsonl"
+
+
+@pytest.mark.parametrize(
+    ("date_text", "timestamp"),
+    [
+        ("2022-10-29 21:03:11", datetime(2022, 10, 29, 21, 3, 11)),
+        ("2022-10-29 21:03", datetime(2022, 10, 29, 21, 3)),
+        ("2022-10-29 오후 9:03:11", datetime(2022, 10, 29, 21, 3, 11)),
+        ("2022-10-30 오전 12:05", datetime(2022, 10, 30, 0, 5)),
+        ("2022/10/29 21:03", datetime(2022, 10, 29, 21, 3)),
+        ("2022. 10. 29. 21:03", datetime(2022, 10, 29, 21, 3)),
+        ("2022-10-29 9:03:11 PM", datetime(2022, 10, 29, 21, 3, 11)),
+    ],
+)
+def test_csv_date_shapes_after_excel(tmp_path, date_text, timestamp):
+    path = write_text(tmp_path, "chat.csv", f"Date,User,Message\r\n{date_text},김하늘,안녕\r\n")
+    assert read_export(path).table["timestamp"].tolist() == [timestamp]
+
+
+def test_first_bad_file_stops_reading(tmp_path):
+    shutil.copy(FIXTURES / "ios_en.txt", tmp_path / "a.txt")
+    bad = write_bytes(tmp_path, "b.txt", b"\x00\x01\x02")
+    write_bytes(tmp_path, "c.txt", b"")
+    with pytest.raises(InputFormatError) as error:
+        read_exports([tmp_path])
+    assert str(bad) in str(error.value)

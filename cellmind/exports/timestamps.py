@@ -1,7 +1,8 @@
 """Building timestamps from the pieces the export layouts print.
 
-12-hour clocks: 오전/AM 12:05 is 00:05 and 오후/PM 12:03 is noon. A date or time that does not exist
-(month 13, 25:00, 오후 0:30) raises ValueError, which the parsers turn into an error that quotes the line.
+12-hour clocks: 오전/AM 12:05 is 00:05 and 오후/PM 12:03 is noon. Hour 0 is read the way some clocks print it
+(오전 0:05 is 00:05, 오후 0:30 is 12:30). A date or time that does not exist (month 13, 오후 13:00, 25:00)
+raises ValueError, which the parsers turn into an error that quotes the line.
 """
 
 from datetime import datetime
@@ -44,12 +45,12 @@ def hour_of_day(hour: int, meridiem: str | None) -> int:
     if meridiem is None:
         return hour
     meridiem = meridiem.lower()
-    if not 1 <= hour <= 12:
+    if not 0 <= hour <= 12:
         raise ValueError(f"hour {hour} does not exist on a 12-hour clock")
     if meridiem in MORNING:
-        return 0 if hour == 12 else hour
+        return hour % 12
     if meridiem in AFTERNOON:
-        return 12 if hour == 12 else hour + 12
+        return hour % 12 + 12
     raise ValueError(f"unknown meridiem {meridiem!r}")
 
 
