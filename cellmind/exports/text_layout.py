@@ -12,8 +12,9 @@ line (its ``date``) or neither (``None``). This loop does the rest, the same way
 - Windows PC TXT writes system notices as bare lines with no timestamp (``bare_notices``). A bare line that states
   a whole known notice becomes a system row instead of gluing onto the message above it. After a system record,
   every layout does the same, because open chats print the policy line under the join notice.
-- A bare line that starts like a record (``near_miss``) but does not parse is an error, and so is a date or time
-  that does not exist. Both mean a broken line that a user should see, not text to glue onto a message.
+- A bare line that starts with a full timestamp but has a broken separator after it (``near_miss``) is an error,
+  and so is a date or time that does not exist. Both mean a broken line that a user should see, not text to glue
+  onto a message.
 """
 
 import re
