@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench browser clean
+.PHONY: test demo bench browser catalog clean
 
 $(BIN)/cellmind: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,16 @@ browser:
 		else echo "chromium is missing: run 'sudo apt-get install chromium' for the browser test"; fi; \
 	fi
 
-test: $(BIN)/cellmind browser
+# Compiled catalogs follow their .po files, also in an editable install made before the .po last changed.
+MO_FILES := $(patsubst %.po,%.mo,$(wildcard cellmind/locale/*/LC_MESSAGES/*.po))
+%.mo: %.po $(BIN)/cellmind
+	$(BIN)/python -m cellmind.i18n_catalog compile
+
+# Re-extract the messages into the .po files, compile them, and list those that still lack a translation.
+catalog: $(BIN)/cellmind
+	$(BIN)/python -m cellmind.i18n_catalog update
+
+test: $(BIN)/cellmind browser $(MO_FILES)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(BIN)/cellmind

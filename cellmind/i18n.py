@@ -1,9 +1,20 @@
 """Localized user-facing text: Korean under a Korean locale, English otherwise.
 
 Messages are written in English in the code, wrapped in ``_()``, and translated through the gettext catalog
-``cellmind/locale/ko/LC_MESSAGES/cellmind.mo``. Logs meant for developers are not translated.
+``cellmind/locale/ko/LC_MESSAGES/cellmind.mo``, which the package build compiles from ``cellmind.po`` (see
+``setup.py``). Logs meant for developers are not translated.
+
+argparse's own strings (``usage:``, ``options``, ``show this help message and exit``, ``error: ... required``)
+are in the same catalog. argparse translates them through its module globals ``argparse._`` and
+``argparse.ngettext``, which it looks up each time it builds a message (CPython 3.10 to 3.13), so this module
+points those two names at CellMind's translation once, at import (:func:`_bind_argparse`). That is the one
+place where CellMind reaches into another module; it changes nothing while the language is English, because the
+English "translation" returns every message unchanged.
+
+``python -m cellmind.i18n_catalog`` lists the messages that still lack a Korean translation.
 """
 
+import argparse
 import gettext
 import os
 from pathlib import Path
@@ -29,15 +40,21 @@ def detect_language(environ: dict | None = None) -> str:
 def set_language(language: str | None = None) -> str:
     """Switch every later ``_()`` call to ``language`` (``ko``/``en``), or to the locale's language if None."""
     global _translation, _language
-    _language = language or detect_language()
-    if _language not in SUPPORTED_LANGUAGES:
-        raise ValueError(f"unsupported language {_language!r}; expected one of {SUPPORTED_LANGUAGES}")
-    _translation = gettext.translation(DOMAIN, LOCALE_DIR, languages=[_language], fallback=True)
+    language = language or detect_language()
+    if language not in SUPPORTED_LANGUAGES:
+        raise ValueError(f"unsupported language {language!r}; expected one of {SUPPORTED_LANGUAGES}")
+    _language = language
+    _translation = gettext.translation(DOMAIN, LOCALE_DIR, languages=[language], fallback=True)
     return _language
 
 
 def current_language() -> str:
     return _language
+
+
+def has_catalog(language: str) -> bool:
+    """Whether the compiled catalog of ``language`` is installed; English needs none."""
+    return language == "en" or gettext.find(DOMAIN, LOCALE_DIR, languages=[language]) is not None
 
 
 def _(message: str) -> str:
@@ -46,7 +63,15 @@ def _(message: str) -> str:
 
 
 def ngettext(singular: str, plural: str, count: int) -> str:
+    """Translate a message whose form depends on ``count`` (Korean has one form for every count)."""
     return _translation.ngettext(singular, plural, count)
 
 
+def _bind_argparse() -> None:
+    """Make argparse translate its usage, help and error strings through CellMind's catalog."""
+    argparse._ = _
+    argparse.ngettext = ngettext
+
+
+_bind_argparse()
 set_language()

@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cellmind", description=_("Train a mini-GPT together on the devices you already own.")
     )
-    parser.add_argument("--version", action="version", version=f"cellmind {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"cellmind {__version__}",
+        help=_("show program's version number and exit"),  # argparse before 3.12 leaves its own help untranslated
+    )
     add_common_arguments(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (prepare, tokenizer, checkpoint, generate, monitor, swarm_key):
