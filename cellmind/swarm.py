@@ -54,6 +54,8 @@ class SwarmSettings:
     identity_path: Path | None = None
     client_mode: bool = False
     join_timeout: float = JOIN_TIMEOUT
+    show_qr: bool = False
+    """Print the join line once more as a QR code (``--qr``), for phones."""
 
 
 # addresses
@@ -171,6 +173,10 @@ def announce_join_line(dht: hivemind.DHT, settings: SwarmSettings) -> str:
             ).format(port=DEFAULT_BOOTSTRAP_PORT),
             flush=True,
         )
+    if settings.show_qr:
+        from cellmind.qr import print_qr
+
+        print_qr(line)
     identity_dir = (settings.identity_path or DEFAULT_IDENTITY_PATH).parent
     write_join_file(identity_dir / JOIN_FILE_NAME, line)
     return line

@@ -60,6 +60,8 @@ def _add_swarm_arguments(parser: argparse.ArgumentParser) -> None:
                               "a random port otherwise)"))
     group.add_argument("--announce-maddrs", nargs="+", metavar="MULTIADDR",
                        help=_("public addresses to announce when behind NAT or port forwarding"))
+    group.add_argument("--qr", action="store_true",
+                       help=_("with --bootstrap: also print the join line as a QR code, to scan on a phone"))
     group.add_argument("--identity", type=Path, metavar="PATH",
                        help=_("private key file that fixes this peer's id (default: peers/identity.key for "
                               "--bootstrap, a new id on every start otherwise)"))
@@ -148,6 +150,7 @@ def swarm_settings(args: argparse.Namespace, config):
         announce_maddrs=tuple(swarm.announce_maddrs),
         identity_path=identity,
         client_mode=swarm.client_mode,
+        show_qr=args.qr,
     )
 
 
