@@ -22,8 +22,8 @@ TINY = GPTConfig(vocab_size=53, block_size=16, n_layer=2, n_head=2, n_embd=16, d
 def model() -> GPT:
     torch.manual_seed(0)
     model = GPT(TINY)
-    # Unit-variance matrices instead of GPT-2's small initialization, because a freshly initialized tied model
-    # just repeats its last token; with these, greedy text keeps changing and choices are far from ties.
+    # A freshly initialized tied model just repeats its last token. Unit-variance matrices instead of GPT-2's
+    # small initialization make greedy text keep changing, with choices far from ties.
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.dim() > 1:

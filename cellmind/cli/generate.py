@@ -171,7 +171,11 @@ def resolve_device(name: str) -> torch.device:
     cuda = torch.cuda.is_available()
     mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
     if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+        if cuda:
+            return torch.device("cuda")
+        if mps:
+            return torch.device("mps")
+        return torch.device("cpu")
     if (name == "cuda" and not cuda) or (name == "mps" and not mps):
         raise ConfigError(
             _("--device {device} is not available on this machine; use --device cpu or auto").format(device=name)
