@@ -28,8 +28,8 @@ Order of the rules, applied to the ``text`` of every ``kind == "message"`` row:
     ``<|endoftext|>``. This runs after every step that removes characters (1, 7, 9), which could otherwise
     join ``<`` and ``|``, and before names, so that a name is never formed by it after the name step.
 12. Names -> ``<NAME>`` (see ``NameMatcher``).
-13. Whitespace is tidied again as in step 4, because steps 5-9 can leave blanks behind; the sentinels become
-    the placeholders of ``cellmind.tokens``; messages left empty are dropped.
+13. Whitespace is tidied again as in step 4, because steps 5-9 can leave blanks behind. Then the sentinels
+    become the placeholders of ``cellmind.tokens``, and messages left empty are dropped.
 
 Where this differs from the order users know (URLs, emoji, repeats, ``()``, lowercase, names, phones,
 e-mail): e-mail comes before URLs because a bare domain such as ``naver.com`` is also the end of an address;
@@ -123,8 +123,10 @@ NOTICES = {
 """Whole messages that are notices of something not trainable, per drop reason (case-insensitive)."""
 
 WHOLE_MESSAGE_FIRST_CHARACTERS = "사동이스삭메채관보페그라음영파샵톡투선지위연(<#0-9a-z"
-"""Every form in the three tables above starts with one of these (case-insensitive); messages starting with
-anything else skip the whole-message pattern, which is most of the cost of that step."""
+"""Characters that every form in the three tables above can start with (case-insensitive).
+
+Messages that start with any other character skip the whole-message pattern at once, which saves most of the
+cost of that step. A test parses the tables and checks this list."""
 
 HONORIFIC_ENDINGS = ("님", "씨")
 """Endings replaced together with any Korean name: ``한결님`` -> ``<NAME>``."""

@@ -92,7 +92,7 @@ def session_ids(messages: pd.DataFrame, session_gap: pd.Timedelta) -> pd.Series:
 def build_records(messages: pd.DataFrame, session_gap: pd.Timedelta, unit: str = "session") -> pd.DataFrame:
     """Group cleaned messages into records: a DataFrame with ``chat``, ``text`` and ``end`` (last timestamp)."""
     if unit not in UNITS:
-        raise CellMindError(_("unknown unit '{unit}'; use session or message").format(unit=unit))
+        raise CellMindError(_("invalid unit '{unit}'; use session or message").format(unit=unit))
     if unit == "message":
         records = messages[["chat", "text", "timestamp"]].rename(columns={"timestamp": "end"})
         return records.reset_index(drop=True)

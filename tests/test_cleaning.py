@@ -1,5 +1,7 @@
 """Cleaning rules, one table of cases per rule, and the name matcher."""
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -13,11 +15,6 @@ MATCHER = NameMatcher(NAMES)
 def clean_one(text: str, matcher: NameMatcher = MATCHER) -> str:
     cleaned, _ = clean_texts(pd.Series([text]), matcher)
     return cleaned.iloc[0]
-
-
-def assert_cases(cases):
-    for text, expected in cases:
-        assert clean_one(text) == expected, text
 
 
 @pytest.mark.parametrize(
@@ -371,3 +368,60 @@ def test_cleaning_many_messages_matches_one_by_one():
     texts = ["김도담 ㅋㅋㅋㅋㅋㅋㅋ 😂", "사진", "", "보이스톡 해요", "https://x.com 와아아아아아아", "<|pad|>"] * 3
     together, _ = clean_texts(pd.Series(texts), MATCHER)
     assert together.tolist() == [clean_one(text) for text in texts]
+
+
+try:  # sre's parser, internal: used only to check the tables of whole-message forms
+    from re import _constants as sre
+    from re import _parser
+except ImportError:  # Python 3.10
+    import sre_constants as sre
+    import sre_parse as _parser
+
+
+def first_characters(items) -> set[str]:
+    """Characters a parsed regular expression can start with (enough of sre's node types for the tables)."""
+    chars = set()
+    for op, av in items:
+        if op is sre.LITERAL:
+            return chars | {chr(av)}
+        if op is sre.IN:
+            for kind, value in av:
+                if kind is sre.LITERAL:
+                    chars.add(chr(value))
+                elif kind is sre.RANGE:
+                    chars.update(chr(code) for code in range(value[0], value[1] + 1))
+                elif kind is sre.CATEGORY and value is sre.CATEGORY_DIGIT:
+                    chars.update("0123456789")
+                else:
+                    raise AssertionError(f"unhandled class item {kind}")
+            return chars
+        if op is sre.SUBPATTERN:
+            return chars | first_characters(list(av[3]))
+        if op is sre.BRANCH:
+            return chars.union(*(first_characters(list(branch)) for branch in av[1]))
+        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
+            chars |= first_characters(list(av[2]))
+            if av[0] > 0:
+                return chars
+            continue
+        raise AssertionError(f"unhandled node {op}")
+    return chars
+
+
+def test_whole_message_forms_start_with_listed_characters():
+    forms = [form for table in cleaning.WHOLE_MESSAGE_PLACEHOLDERS.values() for form in table]
+    forms += list(cleaning.EMOTICON_NOTICES) + [form for table in cleaning.NOTICES.values() for form in table]
+    listed = re.compile(f"[{cleaning.WHOLE_MESSAGE_FIRST_CHARACTERS}]", re.I)
+    for form in forms:
+        starts = first_characters(list(_parser.parse(form)))
+        assert starts, form
+        assert all(listed.fullmatch(char) for char in starts), (form, starts)
+
+
+@pytest.mark.parametrize("count", [1, 7, 40])
+def test_url_and_repeat_triggers_cover_every_match(count):
+    texts = ["ㅋ" * 7 + " naver.com", "x.kr 와", "보기 HTTPS://A.B/c", "WWW.x.zz", "없음 3.5", "aaaaaa@b.com"] * count
+    cleaned, _ = clean_texts(pd.Series(texts), MATCHER)
+    assert cleaned.str.contains(tokens.URL, regex=False).sum() == 4 * count
+    assert cleaned.str.contains(tokens.EMAIL, regex=False).sum() == count
+    assert "ㅋ" * 6 not in "".join(cleaned)

@@ -80,7 +80,7 @@ def test_build_records_per_message():
 
 
 def test_build_records_rejects_unknown_unit():
-    with pytest.raises(CellMindError, match="unknown unit 'line'"):
+    with pytest.raises(CellMindError, match="invalid unit 'line'"):
         corpus.build_records(messages(["2022-10-29 21:00"]), GAP, unit="line")
 
 

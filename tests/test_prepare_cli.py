@@ -9,7 +9,8 @@ import pytest
 from cellmind import tokens
 from cellmind.cli import main
 
-SPECIMENS = Path(__file__).parent / "fixtures" / "exports"
+SPECIMENS = Path(__file__).resolve().parents[1].parent / "shared" / "specimens"
+FIXTURES = Path(__file__).parent / "fixtures" / "exports"
 SPECIMEN_FILES = (
     "kakao_pc_csv_ko.csv",
     "kakao_pc_txt_ko.txt",
@@ -30,6 +31,8 @@ SPECIMEN_NAMES = ("김도담", "박한결", "이윤슬", "정새봄", "최다온
 @pytest.fixture
 def raw(tmp_path, monkeypatch):
     """A folder with copies of the six specimens; the working directory is tmp_path, which has no config.json."""
+    if not SPECIMENS.is_dir():
+        pytest.skip(f"specimen folder {SPECIMENS} is absent (CI checks it out next to the repository)")
     folder = tmp_path / "raw"
     folder.mkdir()
     for name in SPECIMEN_FILES:
@@ -176,3 +179,10 @@ def test_binary_input_writes_nothing(raw, tmp_path):
     (raw / "zz_binary.txt").write_bytes(bytes(range(256)) * 4)
     assert prepare(raw, "--output-dir", tmp_path / "out") == 65
     assert not (tmp_path / "out").exists()
+
+
+def test_every_fixture_layout_prepares(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert prepare(FIXTURES, "--output-dir", tmp_path / "out", "--strict") == 0
+    assert "audit: no known name found in the output" in capsys.readouterr().out
+    assert read_jsonl(tmp_path / "out" / OUTPUTS[1])
