@@ -46,3 +46,9 @@ class CheckpointError(CellMindError):
     """A checkpoint is missing, truncated, corrupted or belongs to another model."""
 
     exit_status = 65
+
+
+class DeviceMemoryError(CellMindError):
+    """The device that trains or generates ran out of memory; a smaller batch or another device may fit."""
+
+    exit_status = 75  # EX_TEMPFAIL: the same command can succeed with other settings

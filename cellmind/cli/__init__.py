@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from enum import IntEnum
 
 from cellmind import __version__
-from cellmind.errors import CellMindError
+from cellmind.errors import CellMindError, DeviceMemoryError
 from cellmind.i18n import _, set_language
 
 
@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (prepare, tokenizer, checkpoint, generate, monitor, swarm_key):
         module.register(subparsers)
     return parser
+
+
+def out_of_memory_error(error: Exception, advice: str) -> DeviceMemoryError:
+    """Turn ``torch.OutOfMemoryError`` into one line: the first sentence of PyTorch's message and ``advice``."""
+    detail = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
+    return DeviceMemoryError(
+        _("the device ran out of memory ({detail}); {advice}").format(detail=detail.rstrip("."), advice=advice)
+    )
 
 
 def configure_logging(verbose: bool) -> None:

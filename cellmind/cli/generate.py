@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cellmind.checkpoints import Checkpoint, build_model, latest_path, load_latest_good, missing_checkpoint_error
-from cellmind.cli import add_common_arguments
+from cellmind.cli import add_common_arguments, out_of_memory_error
 from cellmind.config import Config, apply_overrides, load_config
 from cellmind.errors import ConfigError, InputFormatError, MissingFileError, TokenizerError
 from cellmind.generation import TextStream, crop_prompt, generate_tokens
@@ -79,6 +79,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _generate(args)
+    except torch.OutOfMemoryError as error:
+        raise out_of_memory_error(error, _("generate on the CPU with --device cpu")) from error
+
+
+def _generate(args: argparse.Namespace) -> int:
     _check_arguments(args)
     config = apply_overrides(
         load_config(args.config),

@@ -8,7 +8,7 @@ import argparse
 import re
 from pathlib import Path
 
-from cellmind.cli import add_common_arguments
+from cellmind.cli import add_common_arguments, out_of_memory_error
 from cellmind.config import apply_overrides, load_config
 from cellmind.errors import ConfigError
 from cellmind.i18n import _
@@ -183,5 +183,15 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         tensorboard_dir=args.tensorboard,
     )
-    run_peer(options)
+    import torch
+
+    try:
+        run_peer(options)
+    except torch.OutOfMemoryError as error:
+        raise out_of_memory_error(
+            error,
+            _("lower --batch-size-per-step (now {batch_size}) or train on the CPU with --device cpu").format(
+                batch_size=config.training.batch_size
+            ),
+        ) from error
     return 0
