@@ -60,8 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def out_of_memory_error(error: Exception, advice: str) -> DeviceMemoryError:
-    """Turn ``torch.OutOfMemoryError`` into one line: the first sentence of PyTorch's message and ``advice``."""
-    detail = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
+    """Turn ``torch.OutOfMemoryError`` into one line: the start of PyTorch's message and ``advice``.
+
+    PyTorch's first two sentences say which device and how much was requested; the rest (pool statistics,
+    allocator settings) would turn the line into a paragraph.
+    """
+    text = str(error).strip()
+    detail = ". ".join(text.splitlines()[0].split(". ")[:2]) if text else type(error).__name__
     return DeviceMemoryError(
         _("the device ran out of memory ({detail}); {advice}").format(detail=detail.rstrip("."), advice=advice)
     )
