@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,10 +33,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cellmind.errors import InputFormatError, MissingFileError, TokenizerError
 from cellmind.i18n import _
+from cellmind.progress import progress_bar
 from cellmind.tokenizer import MAX_VOCAB_SIZE, Tokenizer, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -287,10 +286,9 @@ def _write_tokens(
     token_count = record_count = 0
     pending_tokens: list[np.ndarray] = []
     pending_offsets: list[int] = [0]
-    progress = tqdm(
-        total=jsonl_path.stat().st_size, unit="B", unit_scale=True, file=sys.stderr,
-        desc=_("tokenizing {name}").format(name=jsonl_path.name),
-        disable=not (show_progress and sys.stderr.isatty()),
+    progress = progress_bar(
+        total=jsonl_path.stat().st_size, unit="B",
+        description=_("tokenizing {name}").format(name=jsonl_path.name), enabled=show_progress,
     )
     with progress:
         for raw_lines, texts in _iter_text_batches(jsonl_path):

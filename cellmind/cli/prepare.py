@@ -8,10 +8,7 @@ under ``--output-dir`` and prints what cleaning did.
 """
 
 import argparse
-import sys
 from pathlib import Path
-
-from tqdm import tqdm
 
 from cellmind.cleaning import DROP_REASONS
 from cellmind.cli import add_common_arguments
@@ -19,6 +16,7 @@ from cellmind.config import load_config
 from cellmind.corpus import UNITS, PreparedCorpus, parse_duration, prepare_corpus, read_names_file, write_corpus
 from cellmind.errors import CellMindError, MissingFileError
 from cellmind.i18n import _
+from cellmind.progress import progress_bar
 
 DEFAULT_INPUT = Path("data/raw")
 
@@ -73,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = _existing_inputs(args.inputs)
     extra_names = read_names_file(args.names_file) if args.names_file else []
 
-    with tqdm(desc=_("reading"), unit=_("msg"), file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+    with progress_bar(description=_("reading"), unit=_("msg")) as bar:
         exports = read_exports(inputs)
         bar.reset(total=sum(len(export.table) for export in exports))
         bar.set_description(_("cleaning"))

@@ -6,15 +6,14 @@ Defaults come from the config file's ``tokenizer`` section; flags override them.
 """
 
 import argparse
-import contextlib
 import logging
-import sys
 from pathlib import Path
 
 from cellmind.cli import add_common_arguments
 from cellmind.config import load_config
 from cellmind.corpus import TEXTONLY_PATH
 from cellmind.i18n import _
+from cellmind.progress import spinner
 from cellmind.tokenizer import MODEL_TYPES, load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ def run_train(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or configured_path.parent
     model_prefix = args.model_prefix or configured_path.stem
 
-    with _spinner(_("training the tokenizer on {path}").format(path=args.input), enabled=not args.verbose):
+    with spinner(_("training the tokenizer on {path}").format(path=args.input), enabled=not args.verbose):
         model_path = train_tokenizer(
             args.input,
             output_dir=output_dir,
@@ -91,11 +90,3 @@ def run_train(args: argparse.Namespace) -> int:
         )
     return 0
 
-
-def _spinner(message: str, enabled: bool):
-    """Return a context that shows a spinner on stderr while it lasts, only when stderr is a terminal."""
-    if not (enabled and sys.stderr.isatty()):
-        return contextlib.nullcontext()
-    from rich.console import Console
-
-    return Console(stderr=True).status(message)
