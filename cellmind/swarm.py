@@ -30,6 +30,7 @@ import cellmind
 from cellmind.errors import SwarmError
 from cellmind.i18n import _
 from cellmind.metrics import dht_validators
+from cellmind.swarm_key import SwarmKey, diagnose_join_failure
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class SwarmSettings:
     join_timeout: float = JOIN_TIMEOUT
     show_qr: bool = False
     """Print the join line once more as a QR code (``--qr``), for phones."""
+    swarm_key: SwarmKey | None = None
+    """The private swarm's key (``--swarm-key``): signs every DHT request; None leaves the swarm open."""
 
 
 # addresses
@@ -199,18 +202,35 @@ def start_dht(settings: SwarmSettings) -> hivemind.DHT:
         identity_path=str(settings.identity_path) if settings.identity_path is not None else None,
         record_validators=dht_validators(settings.run_id),
         startup_timeout=settings.join_timeout,
+        authorizer=settings.swarm_key.authorizer() if settings.swarm_key is not None else None,
     )
     try:
         dht.run_in_background(await_ready=True, timeout=settings.join_timeout)
     except TimeoutError:
         _stop_unready_dht(dht)
-        raise _unreachable_error(initial_peers, _("no answer within {seconds:.0f} s").format(
-            seconds=settings.join_timeout)) from None
+        raise _key_error(settings, initial_peers) or _unreachable_error(initial_peers, _(
+            "no answer within {seconds:.0f} s").format(seconds=settings.join_timeout)) from None
     except (P2PDaemonError, RuntimeError, ValueError) as error:
         _stop_unready_dht(dht)
-        raise _start_error(settings, initial_peers, error) from None
+        raise _key_error(settings, initial_peers) or _start_error(settings, initial_peers, error) from None
     logger.info(f"DHT node {dht.peer_id} started (client mode: {settings.client_mode})")
+    _log_swarm_privacy(settings, initial_peers)
     return dht
+
+
+def _key_error(settings: SwarmSettings, initial_peers: list[str]) -> SwarmError | None:
+    """Why the initial peers turned this peer away, if it was for its swarm key (see cellmind.swarm_key)."""
+    return diagnose_join_failure(initial_peers, settings.swarm_key) if initial_peers else None
+
+
+def _log_swarm_privacy(settings: SwarmSettings, initial_peers: list[str]) -> None:
+    if settings.swarm_key is not None:
+        logger.info(f"Private swarm: DHT requests are signed with swarm key {settings.swarm_key.fingerprint}")
+    elif not initial_peers:
+        logger.warning(
+            "This swarm is open: anyone who knows its address can join, read the model and send updates; "
+            "create a key with 'cellmind swarm-key new' and start every peer with --swarm-key to keep it private"
+        )
 
 
 def _stop_unready_dht(dht: hivemind.DHT) -> None:

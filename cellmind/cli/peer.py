@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from cellmind.cli import add_common_arguments, out_of_memory_error
+from cellmind.cli.swarm_key import add_swarm_key_argument
 from cellmind.config import apply_overrides, load_config
 from cellmind.errors import ConfigError
 from cellmind.i18n import _
@@ -79,6 +80,7 @@ def _add_swarm_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compression", choices=["none", "fp16", "uint8"],
                        help=_("compression of the tensors peers exchange"))
     group.add_argument("--name", help=_("name other people see for this peer"))
+    add_swarm_key_argument(group)
 
 
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -155,16 +157,20 @@ def swarm_settings(args: argparse.Namespace, config):
 
 
 def run(args: argparse.Namespace) -> int:
-    from cellmind.peer import PeerOptions, run_peer
+    from dataclasses import replace
 
-    config = resolve_config(args)
+    from cellmind.peer import PeerOptions, run_peer
+    from cellmind.swarm_key import load_optional_swarm_key, with_swarm_key
+
+    swarm_key = load_optional_swarm_key(args.swarm_key)
+    config = with_swarm_key(resolve_config(args), swarm_key)
     if config.training.seq_len > config.model.block_size:
         raise ConfigError(
             _("training.seq_len ({seq_len}) exceeds model.block_size ({block_size}); lower seq_len").format(
                 seq_len=config.training.seq_len, block_size=config.model.block_size
             )
         )
-    settings = swarm_settings(args, config)
+    settings = replace(swarm_settings(args, config), swarm_key=swarm_key)
     if not args.bootstrap and not settings.initial_peers:
         raise ConfigError(
             _("give --initial-peers (the join line printed by the bootstrap peer), or --bootstrap to start a swarm")
