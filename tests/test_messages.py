@@ -1,4 +1,4 @@
-"""Every known failure ends in one localized line that says what went wrong and what to run next.
+"""Every known failure ends in one localized line that states what went wrong and what to run next.
 
 Commands run in-process through ``main()``/``peer_main()`` in an empty working directory, so that relative paths in
 the messages are the defaults; the port test runs a real ``cellmind-peer`` because the port is taken in this
@@ -6,7 +6,6 @@ process.
 """
 
 import dataclasses
-import json
 import socket
 import subprocess
 import sys
@@ -231,4 +230,4 @@ def test_messages_fit_one_line(workdir, capsys):
     main(["--lang", "ko", "prepare"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert "Traceback" not in json.dumps(err)
+    assert err[0].startswith("오류: ")

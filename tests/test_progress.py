@@ -15,7 +15,7 @@ from cellmind.progress import DISABLE_VARIABLE, progress_bar, progress_enabled, 
 
 
 class PseudoTerminal:
-    """A pseudo-terminal that stands in for stderr; ``attach()`` inside the test body, after pytest's capture."""
+    """A pseudo-terminal that replaces stderr. Call ``attach()`` in the test body, because pytest resets stderr before it."""
 
     def __init__(self, monkeypatch):
         self.monkeypatch = monkeypatch
