@@ -8,7 +8,7 @@ argparse's own strings (``usage:``, ``options``, ``show this help message and ex
 are in the same catalog. argparse translates them through its module globals ``argparse._`` and
 ``argparse.ngettext``, which it looks up each time it builds a message (CPython 3.10 to 3.13), so this module
 points those two names at CellMind's translation once, at import (:func:`_bind_argparse`). That is the one
-place where CellMind reaches into another module; it changes nothing while the language is English, because the
+place where CellMind reaches into another module. It changes nothing while the language is English, because the
 English "translation" returns every message unchanged.
 
 ``python -m cellmind.i18n_catalog`` lists the messages that still lack a Korean translation.
@@ -50,11 +50,6 @@ def set_language(language: str | None = None) -> str:
 
 def current_language() -> str:
     return _language
-
-
-def has_catalog(language: str) -> bool:
-    """Whether the compiled catalog of ``language`` is installed; English needs none."""
-    return language == "en" or gettext.find(DOMAIN, LOCALE_DIR, languages=[language]) is not None
 
 
 def _(message: str) -> str:

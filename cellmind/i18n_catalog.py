@@ -106,8 +106,11 @@ def placeholders(text: str) -> Counter:
     found = Counter()
     try:
         for _literal, field, spec, conversion in string.Formatter().parse(text):
-            if field is not None:
-                found["{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"] += 1
+            if field is None:
+                continue
+            conversion = f"!{conversion}" if conversion else ""
+            spec = f":{spec}" if spec else ""
+            found["{" + field + conversion + spec + "}"] += 1
     except ValueError:
         found["<unbalanced braces>"] += 1
     for match in _PERCENT_PLACEHOLDER.findall(text):

@@ -25,7 +25,7 @@ DISABLE_VARIABLE = "CELLMIND_NO_PROGRESS"
 
 
 def progress_enabled(stream: TextIO | None = None) -> bool:
-    """Whether progress may be drawn on ``stream`` (default: stderr): a terminal, and not turned off."""
+    """Return whether progress may be drawn on ``stream`` (default: stderr): a terminal, and not turned off."""
     stream = sys.stderr if stream is None else stream
     if os.environ.get(DISABLE_VARIABLE):
         return False
