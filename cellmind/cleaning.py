@@ -247,9 +247,8 @@ class NameMatcher:
         self.names = tuple(names)
         self.skipped = tuple(skipped)
         self.forms = tuple(sorted(forms, key=lambda form: (-len(form), form)))
-        self.pattern = _compile_alternation([_form_pattern(form, with_endings=True) for form in self.forms])
-        audited = sorted(forms | skipped_forms, key=lambda form: (-len(form), form))
-        self.audit_pattern = _compile_alternation([_form_pattern(form, with_endings=False) for form in audited if form])
+        self.pattern = _compile_trie(self.forms, with_endings=True)
+        self.audit_pattern = _compile_trie(sorted(form for form in forms | skipped_forms if form), with_endings=False)
 
     def replace(self, text: str) -> tuple[str, int]:
         """Return ``text`` with every name replaced by the name sentinel, and the number of replacements."""
@@ -284,25 +283,62 @@ def _given_names(form: str) -> list[str]:
     return []
 
 
+def _form_tokens(form: str) -> list[str]:
+    """Regular expressions for the characters of a name form, one per character; a run of spaces is one."""
+    tokens_ = []
+    for index, piece in enumerate(piece for piece in form.split(" ") if piece):
+        if index:
+            tokens_.append(" +")
+        tokens_.extend(re.escape(char) for char in piece)
+    first = form[0]
+    if first.isascii() and first.isalnum():
+        tokens_[0] = f"{re.escape(first)}(?<![a-z0-9]{re.escape(first)})"  # not inside a Latin word
+    return tokens_
+
+
+def _form_tail(form: str, with_endings: bool) -> str:
+    """Regular expression after a name form: the end of a Latin word, or the optional Korean endings."""
+    last = form[-1]
+    if last.isascii() and last.isalnum():
+        return "(?![a-z0-9])"
+    if with_endings and _is_hangul_syllable(last):
+        endings = HONORIFIC_ENDINGS + (ENDINGS_AFTER_CONSONANT if _has_final_consonant(last) else ENDINGS_AFTER_VOWEL)
+        return f"(?:{'|'.join(endings)})?"
+    return ""
+
+
 def _form_pattern(form: str, with_endings: bool) -> str:
     """Regular expression for one cleaned name form, with its boundary rules and optional endings."""
-    pieces = [re.escape(piece) for piece in form.split(" ") if piece]
-    pattern = " +".join(pieces)
-    first, last = form[0], form[-1]
-    if first.isascii() and first.isalnum():
-        pattern = f"{re.escape(first)}(?<![a-z0-9]{re.escape(first)})" + pattern[len(re.escape(first)):]
-    if last.isascii() and last.isalnum():
-        pattern += "(?![a-z0-9])"
-    elif with_endings and _is_hangul_syllable(last):
-        endings = HONORIFIC_ENDINGS + (ENDINGS_AFTER_CONSONANT if _has_final_consonant(last) else ENDINGS_AFTER_VOWEL)
-        pattern += f"(?:{'|'.join(endings)})?"
-    return f"(?:{pattern})"
+    return "(?:" + "".join(_form_tokens(form)) + _form_tail(form, with_endings) + ")"
 
 
-def _compile_alternation(patterns: list[str]) -> re.Pattern | None:
-    if not patterns:
+def _compile_trie(forms: Iterable[str], with_endings: bool) -> re.Pattern | None:
+    """Compile name forms into one pattern shaped as a trie, which matches the longest form at each position.
+
+    A flat alternation of hundreds of names (an open chat) tries each of them wherever one could start. The
+    trie tries one branch per character. Longer forms are tried before a shorter form that ends at the same
+    node, which is the same longest-first order as a flat alternation sorted by length.
+    """
+    root: dict = {}
+    for form in forms:
+        node = root
+        for token in _form_tokens(form):
+            node = node.setdefault(token, {})
+        node[None] = _form_tail(form, with_endings)
+    if not root:
         return None
-    return re.compile("|".join(patterns))
+    return re.compile(_render_trie(root))
+
+
+def _render_trie(node: dict) -> str:
+    alternatives = [token + _render_trie(child) for token, child in sorted(
+        (token, child) for token, child in node.items() if token is not None
+    )]
+    if None in node:
+        alternatives.append(node[None])
+    if len(alternatives) == 1:
+        return alternatives[0]
+    return "(?:" + "|".join(alternatives) + ")"
 
 
 def _normalize_names(names: list[str]) -> list[str]:

@@ -425,3 +425,11 @@ def test_url_and_repeat_triggers_cover_every_match(count):
     assert cleaned.str.contains(tokens.URL, regex=False).sum() == 4 * count
     assert cleaned.str.contains(tokens.EMAIL, regex=False).sum() == count
     assert "ㅋ" * 6 not in "".join(cleaned)
+
+
+def test_trie_matches_flat_alternation():
+    matcher = NameMatcher(["김도", "김도담", "박도담이", "Ann", "Anna Lee", "an b", "🐰토끼", "토끼풀"])
+    flat = re.compile("|".join(cleaning._form_pattern(form, with_endings=True) for form in matcher.forms))
+    text = "김도담님 김도야 도담이가 ann anna lee annex an  b 토끼풀 토끼야 \ue006토끼 banna"
+    assert matcher.pattern.sub("#", text) == flat.sub("#", text)
+    assert matcher.pattern.sub("#", text) == "# # #가 # # annex # # # # banna"
