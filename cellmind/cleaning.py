@@ -1,4 +1,4 @@
-"""Cleaning and anonymizing chat messages: ``clean_table(table, names) -> (table, CleaningReport)``.
+"""Cleaning and anonymizing chat messages: ``clean_table(table, NameMatcher(names)) -> (table, CleaningReport)``.
 
 The rules run over many messages at once. The message texts are joined into one string with NUL (``SEP``)
 between them, each rule is one regular-expression pass over that string, and the string is split again at the
@@ -32,9 +32,9 @@ Order of the rules, applied to the ``text`` of every ``kind == "message"`` row:
 13. Whitespace is tidied again as in step 4, because steps 5-9 can leave blanks behind. Then the sentinels
     become the placeholders of ``cellmind.tokens``, and messages left empty are dropped.
 
-Where this differs from the order users know (URLs, emoji, repeats, ``()``, lowercase, names, phones,
-e-mail): e-mail comes before URLs because a bare domain such as ``naver.com`` is also the end of an address;
-e-mail, URLs and phone numbers come before the repeat cut because ``010-0000-0000`` or ``aaaaaa@x.com``
+The order users know is URLs, emoji, repeats, ``()``, lowercase, names, phones, e-mail. It differs here in
+two places. E-mail comes before URLs, because a bare domain such as ``naver.com`` is also the end of an
+address. E-mail and phone numbers come before the repeat cut, because ``010-0000-0000`` or ``aaaaaa@x.com``
 would no longer match after it. Placeholders are private-use sentinel characters until step 13, so
 lowercasing never touches them and a ``<NAME>`` typed by a user ends up as the plain text ``<name>``.
 """
@@ -51,7 +51,7 @@ import pandas as pd
 from cellmind import tokens
 
 SEP = "\x00"
-"""Joins the messages while the rules run; step 1 removes NUL from the input, so it can only be a separator."""
+"""Separator of the joined messages while the rules run. ``_join`` removes NUL from the texts first."""
 
 SENTINELS = {
     tokens.NAME: "\ue000",
@@ -408,7 +408,7 @@ def _repeat_positions(block: str) -> Iterable[int]:
 
 
 def _whole_message_pattern() -> tuple[re.Pattern, dict[str, tuple[str, str]]]:
-    """One pattern for every whole-message rule; group name -> (drop reason or "", replacement)."""
+    """Build one pattern for every whole-message rule, and the map group name -> (drop reason or "", replacement)."""
     alternatives, groups = [], {}
     for index, (placeholder, forms) in enumerate(WHOLE_MESSAGE_PLACEHOLDERS.items()):
         alternatives.append(f"(?P<placeholder{index}>(?:{'|'.join(forms)})(?=\x00))")
@@ -440,7 +440,7 @@ def _five_times(match: re.Match) -> str:
 
 
 def _apply_text_rules(block: str, dropped: Counter) -> str:
-    """Steps 1-9 of the module docstring on a joined block; counts notices dropped in step 5 into ``dropped``."""
+    """Apply steps 1-9 of the module docstring to a joined block, counting the notices of step 5 in ``dropped``."""
     block = _INVISIBLE.sub("", block)
     block = unicodedata.normalize("NFC", block)
     block = block.replace("\r\n", "\n")
@@ -470,8 +470,8 @@ def _drop_bars(match: re.Match) -> str:
 def clean_texts(texts: pd.Series, matcher: NameMatcher) -> tuple[pd.Series, CleaningReport]:
     """Clean message texts; the result has the same index, with "" for every message to drop.
 
-    The report counts replacements and the notices dropped by reason, and ``EMPTY`` for the messages that
-    became empty otherwise; ``messages_kept`` is the number of non-empty results.
+    The report counts replacements and the notices dropped by reason. Messages that became empty otherwise
+    count as ``EMPTY``, and ``messages_kept`` is the number of non-empty results.
     """
     report = CleaningReport(names_known=len(matcher.names), names_skipped=list(matcher.skipped))
     dropped: Counter = Counter()
@@ -505,9 +505,9 @@ def clean_table(
     """Clean a parsed chat table: drop system rows and notices, clean the text of every message kept.
 
     Returns the kept rows (all columns of ``table``, ``text`` cleaned, original order and index) and the report.
-    Messages are cleaned ``chunk_size`` at a time, which bounds memory and, by keeping each joined block in the
-    CPU caches, is faster than one block: about 3.2 s instead of 4.4 s of CPU time for the million messages of
-    ``bench/prepare.py``. ``progress(n)`` is called after each chunk with the number of rows it covered.
+    Messages are cleaned ``chunk_size`` at a time, which bounds memory. It is also faster than one block,
+    because each joined block stays in the CPU caches: the million messages of ``bench/prepare.py`` took about
+    3.2 s instead of 4.4 s of CPU time. ``progress(n)`` is called after each chunk with the rows it covered.
     """
     report = CleaningReport(names_known=len(matcher.names), names_skipped=list(matcher.skipped))
     is_message = table["kind"] == "message"
