@@ -145,7 +145,8 @@ def train_two_peers(config_path: Path, train_time: float) -> None:
         "--identity", str(DEMO_DIR / "peers" / "identity.key"),
         "--checkpoint-dir", str(DEMO_DIR / "checkpoints" / "peer-1"), *common,
     )
-    print(f"\n== {_('two peers train together')}\n$ {' '.join(bootstrap_command)}", flush=True)
+    title = _("two peers train together")  # outside the f-string, where message extraction finds it
+    print(f"\n== {title}\n$ {' '.join(bootstrap_command)}", flush=True)
     bootstrap = subprocess.Popen(bootstrap_command)
     try:
         address = wait_for_join_line(join_file, bootstrap)
