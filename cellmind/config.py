@@ -94,6 +94,8 @@ class SwarmSection:
     """Seconds before an averaging round is abandoned."""
     compression: str = "fp16"
     """Compression of averaged tensors: ``none``, ``fp16`` or ``uint8``."""
+    average_state_every: int = 10
+    """Global epochs between averaging rounds of parameters and Adam moments, which realign peers that missed a round."""
     client_mode: bool = False
     """Connect outwards only, for devices that cannot accept incoming connections."""
     host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])

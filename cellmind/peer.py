@@ -33,6 +33,7 @@ from hivemind.compression import (
     SizeAdaptiveCompression,
     Uniform8BitQuantization,
 )
+from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.proto import runtime_pb2
 
 from cellmind.checkpoints import gpt_config_from, latest_path, load_latest_good, save_checkpoint
@@ -52,10 +53,6 @@ from cellmind.swarm import (
 
 logger = logging.getLogger(__name__)
 
-# Parameters are averaged every this many global epochs. Gradient averaging already gives every peer of a round
-# the same update, so parameter averaging only pulls back peers that missed a round (timeout, dropped link);
-# averaging them at every global step (Hivemind's default) would double the traffic for that rare case.
-AVERAGE_STATE_EVERY = 10
 LOAD_STATE_TIMEOUT = 120.0
 """Seconds a joining peer waits for the swarm's state before it gives up."""
 MANIFEST_REFRESH_PERIOD = 60.0
@@ -205,18 +202,62 @@ def compression_options(name: str) -> dict[str, CompressionBase]:
 # the optimizer
 
 
-class CellMindOptimizer(hivemind.Optimizer):
-    """``hivemind.Optimizer`` that remembers how many peers averaged gradients in the last global step.
+class SnapshotStateAverager(TrainingStateAverager):
+    """A state averager that sends joining peers a consistent copy of its state.
 
-    NOTE: this overrides two private methods of hivemind 1.1.12's Optimizer (``_update_global_epoch`` and
-    ``_average_gradients_and_load_into_optimizer``) only to read the group size; recheck them when upgrading.
+    hivemind 1.1.12 hands out the live CPU tensors and reads the epoch separately, so a peer that downloads
+    while a global step runs can receive the new parameters labelled with the old epoch. Here the state is
+    cloned under ``snapshot_lock``, which :class:`CellMindOptimizer` holds for the whole global step.
+    NOTE: a background parameter averaging round still changes the tensors outside this lock; it moves every
+    peer to the same average, so a download during it is at worst that far from the peer's logged state.
+    """
+
+    def __init__(self, *, snapshot_lock: threading.Lock, **kwargs):
+        self.snapshot_lock = snapshot_lock
+        super().__init__(**kwargs)
+
+    def get_current_state(self):
+        with self.snapshot_lock:
+            metadata, tensors, infos = super().get_current_state()
+            return metadata, [tensor.detach().clone() for tensor in tensors], infos
+
+
+class CellMindOptimizer(hivemind.Optimizer):
+    """``hivemind.Optimizer`` that shares consistent state and remembers the size of its last averaging round.
+
+    NOTE: this overrides private methods of hivemind 1.1.12's Optimizer (``_make_state_averager``,
+    ``_update_global_epoch``, ``_average_gradients_and_load_into_optimizer``); recheck them when upgrading.
     """
 
     last_round_size: int = 1
 
+    def __init__(self, **kwargs):
+        self._snapshot_lock = threading.Lock()
+        super().__init__(**kwargs)
+
+    def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
+        # the arguments hivemind.Optimizer._make_state_averager passes in hivemind 1.1.12
+        return SnapshotStateAverager(
+            snapshot_lock=self._snapshot_lock,
+            dht=self.dht,
+            prefix=f"{self.run_id}_state_averager",
+            min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer,
+            custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel,
+            next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode,
+            auxiliary=self.auxiliary,
+            start=True,
+            **kwargs,
+        )
+
     def _update_global_epoch(self, grad_scaler) -> None:
         self.last_round_size = 1
-        super()._update_global_epoch(grad_scaler)
+        with self._snapshot_lock:
+            super()._update_global_epoch(grad_scaler)
 
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control) -> None:
         super()._average_gradients_and_load_into_optimizer(maybe_step_control)
@@ -239,12 +280,20 @@ def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOpt
       averages into, which spares GPU memory on CUDA peers.
     - ``reuse_grad_buffers=False``: each micro-step's gradients are clipped before accumulation, which needs a
       fresh ``.grad`` every micro-step.
-    - ``average_state_every``: see :data:`AVERAGE_STATE_EVERY`.
+    - ``average_state_every`` from the config (default 10): gradient averaging already gives every peer of a
+      round the same update, so parameter averaging only pulls back peers that missed a round (a timeout, a
+      peer that just joined). Hivemind's default, every global step, would double the traffic for that case.
+    - ``average_opt_statistics``: Adam's moments are averaged with the parameters. A peer that missed a round
+      has other moments too, and with parameters alone it would keep taking different updates from the same
+      averaged gradients. This triples the bytes of those rare rounds.
     """
     swarm = config.swarm
     optimizer = CellMindOptimizer(
         dht=dht,
         run_id=swarm.run_id,
+        # hivemind 1.1.12 takes the DHT's mode whenever this is not None, but leaves None in place, and later
+        # code reads None as "not a client"; passing the DHT's mode keeps both views the same.
+        client_mode=dht.client_mode,
         target_batch_size=swarm.target_batch_size,
         batch_size_per_step=config.training.batch_size,
         params=parameter_groups(model, config.training.weight_decay),
@@ -257,11 +306,18 @@ def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOpt
         delay_optimizer_step=False,
         delay_grad_averaging=False,
         delay_state_averaging=True,
-        average_state_every=AVERAGE_STATE_EVERY,
+        average_state_every=max(1, swarm.average_state_every),
+        average_opt_statistics=("exp_avg", "exp_avg_sq"),
         use_local_updates=False,
         reuse_grad_buffers=False,
-        # Hivemind advises a request timeout below the matchmaking time, or matchmaking may deadlock.
-        averager_opts=dict(request_timeout=min(3.0, swarm.matchmaking_time / 2)),
+        averager_opts=dict(
+            # Hivemind advises a request timeout below the matchmaking time, or matchmaking may deadlock.
+            request_timeout=min(3.0, swarm.matchmaking_time / 2),
+            # Averaging works on copies that are refreshed from the optimizer before each round. Reusing the
+            # optimizer's tensors in place (Hivemind's default with offloading) stops averaging Adam's moments
+            # after a state download or a resume, because loading an optimizer state replaces those tensors.
+            reuse_tensors=False,
+        ),
         verbose=False,
         **compression_options(swarm.compression),
     )
@@ -297,11 +353,11 @@ def state_sharers(optimizer: hivemind.Optimizer) -> int:
     return sum(1 for peer, entry in found.value.items() if peer != own and entry.value is not None)
 
 
-def sync_with_swarm(optimizer: hivemind.Optimizer, timeout: float) -> bool:
+def sync_with_swarm(optimizer: hivemind.Optimizer, timeout: float, stop_event: threading.Event) -> bool:
     """Download the swarm's parameters, optimizer statistics and global epoch if any peer offers them.
 
-    Returns False when no other peer shares state (this is the first trainer). Hivemind's own download retries
-    without end, so it runs in a daemon thread here and a SwarmError ends the wait after ``timeout`` seconds.
+    Returns False when no other peer shares state (this is the first trainer). The download runs in a daemon
+    thread, so that a SwarmError ends the wait after ``timeout`` seconds and a stop request ends it at once.
     """
     if state_sharers(optimizer) == 0:
         return False
@@ -309,23 +365,49 @@ def sync_with_swarm(optimizer: hivemind.Optimizer, timeout: float) -> bool:
 
     def download() -> None:
         try:
-            optimizer.load_state_from_peers()
+            _download_current_state(optimizer, deadline=time.monotonic() + timeout)
         except BaseException as error:  # reported to the waiting thread below
             errors.append(error)
 
     worker = threading.Thread(target=download, name="load_state_from_peers", daemon=True)
     worker.start()
-    worker.join(timeout)
+    deadline = time.monotonic() + timeout
+    while worker.is_alive() and time.monotonic() < deadline and not stop_event.is_set():
+        worker.join(0.5)
+    if stop_event.is_set():
+        raise KeyboardInterrupt
     if worker.is_alive():
         raise SwarmError(
             _(
                 "could not download the swarm's model within {seconds:.0f} s; the peers may be overloaded or "
-                "unreachable from this device (try --client-mode), or run a newer CellMind"
+                "unreachable from this device (try --client-mode)"
             ).format(seconds=timeout)
         )
     if errors:
-        raise SwarmError(_("downloading the swarm's model failed: {error}").format(error=errors[0]))
+        raise errors[0]
     return True
+
+
+def _download_current_state(optimizer: hivemind.Optimizer, deadline: float) -> None:
+    """Load state from peers until it is from the swarm's current global epoch, then rejoin the progress count.
+
+    ``hivemind.Optimizer.load_state_from_peers`` retries without end, and when the state it receives is one
+    global epoch behind it only relabels the epoch, keeping the older parameters. This loop downloads again
+    instead, so that the peer starts with the parameters of the epoch it reports.
+    """
+    averager, tracker = optimizer.state_averager, optimizer.tracker
+    tracker.fetched_global_progress_this_epoch.wait(max(0.0, deadline - time.monotonic()))
+    while True:
+        averager.load_state_from_peers(timeout=max(1.0, deadline - time.monotonic()))
+        if averager.local_epoch >= tracker.global_epoch or time.monotonic() >= deadline:
+            break
+        logger.info(f"Downloaded global epoch {averager.local_epoch}, swarm is at {tracker.global_epoch}; again")
+
+    # the bookkeeping hivemind.Optimizer.load_state_from_peers does after a download
+    tracker.report_local_progress(local_epoch=averager.local_epoch, samples_accumulated=0)
+    if not optimizer.dht.client_mode:
+        averager.state_sharing_priority = averager.local_epoch
+    optimizer.grad_averager.reset_accumulated_grads_()
 
 
 # devices
@@ -492,7 +574,7 @@ class TrainingPeer:
         self.optimizer = make_optimizer(self.dht, self.model, self.config)
         if self._resumed_optimizer_state is not None:
             self._load_resumed_optimizer_state()
-        if sync_with_swarm(self.optimizer, options.load_state_timeout):
+        if sync_with_swarm(self.optimizer, options.load_state_timeout, options.stop_event):
             print(
                 _("Joined the swarm at global epoch {epoch} (parameter digest {digest})").format(
                     epoch=self.optimizer.local_epoch, digest=parameter_digest(self.model.state_dict())

