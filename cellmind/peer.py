@@ -39,6 +39,7 @@ from hivemind.proto import runtime_pb2
 from cellmind.checkpoints import gpt_config_from, latest_path, load_latest_good, save_checkpoint
 from cellmind.config import Config
 from cellmind.errors import CheckpointError, ConfigError, SwarmError
+from cellmind.guard import RateLimitedLog, TrainingGuard, reject_poisoned_state, replace_poisoned_gradients
 from cellmind.i18n import _
 from cellmind.model import GPT
 from cellmind.swarm import (
@@ -214,7 +215,12 @@ class SnapshotStateAverager(TrainingStateAverager):
 
     def __init__(self, *, snapshot_lock: threading.Lock, **kwargs):
         self.snapshot_lock = snapshot_lock
+        self.poison_log = RateLimitedLog()
         super().__init__(**kwargs)
+
+    def _apply_averaging_results_(self):
+        if not reject_poisoned_state(self, self.poison_log):  # a peer sent NaN or absurdly large parameters
+            super()._apply_averaging_results_()
 
     def get_current_state(self):
         with self.snapshot_lock:
@@ -233,6 +239,7 @@ class CellMindOptimizer(hivemind.Optimizer):
 
     def __init__(self, **kwargs):
         self._snapshot_lock = threading.Lock()
+        self.gradients_log = RateLimitedLog()
         super().__init__(**kwargs)
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
@@ -264,6 +271,8 @@ class CellMindOptimizer(hivemind.Optimizer):
         control = maybe_step_control
         if control is not None and control.done() and not control.cancelled() and control.exception() is None:
             self.last_round_size = len(control.result())
+        if replace_poisoned_gradients(self, self.gradients_log):  # a peer sent NaN or absurdly large values
+            self.last_round_size = 1
 
 
 def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOptimizer:
@@ -587,6 +596,7 @@ class TrainingPeer:
             f"parameters at global epoch {self.optimizer.local_epoch} before training: "
             f"digest {parameter_digest(self.model.state_dict())}"
         )
+        self.guard = TrainingGuard(self.optimizer)
 
         seed = options.seed if options.seed is not None else derived_seed(self.dht.peer_id.to_bytes())
         self.windows = self._make_windows(seed)
@@ -619,6 +629,8 @@ class TrainingPeer:
 
         while not options.stop_event.is_set() and time.monotonic() < deadline and samples_seen < max_samples:
             loss = self.micro_step()
+            if loss is None:  # not finite: skipped, nothing reported
+                continue
             samples_seen += training.batch_size
             tokens_seen += training.batch_size * training.seq_len
             progress.add(loss, training.batch_size)
@@ -635,8 +647,11 @@ class TrainingPeer:
         self._log_stop_reason(deadline, samples_seen, max_samples)
         return self.global_steps
 
-    def micro_step(self) -> float:
-        """Forward and backward on one local batch, then hand the gradients to Hivemind; return the loss."""
+    def micro_step(self) -> float | None:
+        """Forward and backward on one local batch, then hand the gradients to Hivemind; return the loss.
+
+        Returns None, handing nothing to Hivemind, when the loss or the gradients are not finite.
+        """
         x, y = self.windows.get_batch(self.config.training.batch_size)
         x, y = x.to(self.device), y.to(self.device)
 
@@ -644,8 +659,11 @@ class TrainingPeer:
         with self.autocast:
             _logits, loss = self.model(x, y)
         loss.backward()
+        grad_norm = None
         if self.config.training.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip)
+        if not self.guard.micro_step_ok(loss, grad_norm):
+            return None
 
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -654,6 +672,7 @@ class TrainingPeer:
     def on_global_step(self, progress: "EpochProgress", alone_warned: bool) -> bool:
         """Log, publish and checkpoint after the swarm moved to a new global epoch; return the alone-warning flag."""
         self.global_steps += 1
+        self.guard.after_global_step()
         epoch, optimizer = self.optimizer.local_epoch, self.optimizer
         peers = optimizer.last_round_size
         lr = optimizer.opt.param_groups[0]["lr"]
