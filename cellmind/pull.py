@@ -28,6 +28,7 @@ from cellmind.peer import (
     scheduler_factory,
 )
 from cellmind.swarm import RunManifest, SwarmSettings, fetch_manifest, shutdown_dht, start_dht
+from cellmind.swarm_key import SwarmKey
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +49,21 @@ def config_for_manifest(config: Config, manifest: RunManifest) -> Config:
     return replace(config, model=model, swarm=swarm)
 
 
-def pull_checkpoint(config: Config, initial_peers: Sequence[str], timeout: float = LOAD_STATE_TIMEOUT) -> Checkpoint:
-    """Download the swarm's model, optimizer state and global epoch; raise SwarmError after ``timeout`` seconds."""
+def pull_checkpoint(
+    config: Config, initial_peers: Sequence[str], timeout: float = LOAD_STATE_TIMEOUT,
+    swarm_key: SwarmKey | None = None,
+) -> Checkpoint:
+    """Download the swarm's model, optimizer state and global epoch; raise SwarmError after ``timeout`` seconds.
+
+    A private swarm needs its ``swarm_key``, and ``config``'s run id namespaced by it
+    (:func:`cellmind.swarm_key.with_swarm_key`).
+    """
     settings = SwarmSettings(
         run_id=config.swarm.run_id,
         initial_peers=tuple(initial_peers),
         host_maddrs=("/ip4/127.0.0.1/tcp/0",),  # a client-mode node accepts no connections anyway
         client_mode=True,
+        swarm_key=swarm_key,
     )
     deadline = time.monotonic() + timeout
     dht = start_dht(settings)
@@ -129,9 +138,11 @@ def _download(dht, config: Config, manifest: RunManifest, deadline: float) -> Ch
     return checkpoint
 
 
-def pull_and_save(config: Config, initial_peers: Sequence[str], output: Path, timeout: float) -> Checkpoint:
+def pull_and_save(
+    config: Config, initial_peers: Sequence[str], output: Path, timeout: float, swarm_key: SwarmKey | None = None
+) -> Checkpoint:
     """Pull the swarm's state and save it to ``output`` as a checkpoint (with numbered copies next to it)."""
-    checkpoint = pull_checkpoint(config, initial_peers, timeout)
+    checkpoint = pull_checkpoint(config, initial_peers, timeout, swarm_key)
     path = save_checkpoint(
         output,
         model=build_model(checkpoint),

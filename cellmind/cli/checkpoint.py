@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from cellmind.cli import add_common_arguments
+from cellmind.cli.swarm_key import add_swarm_key_argument
 from cellmind.i18n import _
 
 
@@ -27,15 +28,18 @@ def register(subparsers) -> None:
     pull.add_argument("--config", type=Path, metavar="PATH", help=_("config file (default: config.json if present)"))
     pull.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                       help=_("give up after this many seconds (default: 120)"))
+    add_swarm_key_argument(pull)
     pull.set_defaults(run=run_pull)
 
 
 def run_pull(args: argparse.Namespace) -> int:
     from cellmind.config import apply_overrides, load_config
     from cellmind.pull import pull_and_save
+    from cellmind.swarm_key import load_optional_swarm_key, with_swarm_key
 
-    config = apply_overrides(load_config(args.config), {"swarm.run_id": args.run_id})
-    checkpoint = pull_and_save(config, args.initial_peers, args.output, args.timeout)
+    swarm_key = load_optional_swarm_key(args.swarm_key)
+    config = with_swarm_key(apply_overrides(load_config(args.config), {"swarm.run_id": args.run_id}), swarm_key)
+    checkpoint = pull_and_save(config, args.initial_peers, args.output, args.timeout, swarm_key)
     print(
         _("Saved the swarm's model at global epoch {epoch} to {path}").format(
             epoch=checkpoint.global_epoch, path=checkpoint.path

@@ -16,6 +16,7 @@ import torch
 
 from cellmind.checkpoints import Checkpoint, build_model, latest_path, load_latest_good, missing_checkpoint_error
 from cellmind.cli import add_common_arguments, out_of_memory_error
+from cellmind.cli.swarm_key import add_swarm_key_argument
 from cellmind.config import Config, apply_overrides, load_config
 from cellmind.errors import ConfigError, InputFormatError, MissingFileError, TokenizerError
 from cellmind.generation import TextStream, crop_prompt, generate_tokens
@@ -47,6 +48,7 @@ def register(subparsers) -> None:
     source.add_argument(
         "--initial-peers", nargs="+", metavar="MULTIADDR", help=_("take the model from the swarm at these peers")
     )
+    add_swarm_key_argument(source)
     source.add_argument(
         "--timeout", type=float, default=60.0, metavar="SECONDS",
         help=_("seconds to wait for the swarm's model (default: %(default)s)"),
@@ -143,9 +145,11 @@ def _load_model_state(args: argparse.Namespace, config: Config) -> Checkpoint:
     """Return the swarm's current state with ``--initial-peers``, else the newest good local checkpoint."""
     if args.initial_peers:
         from cellmind.pull import pull_checkpoint  # imports Hivemind's swarm machinery only when it is needed
+        from cellmind.swarm_key import load_optional_swarm_key, with_swarm_key
 
-        config = apply_overrides(config, {"swarm.initial_peers": args.initial_peers})
-        return pull_checkpoint(config, args.initial_peers, timeout=args.timeout)
+        swarm_key = load_optional_swarm_key(args.swarm_key)
+        config = with_swarm_key(apply_overrides(config, {"swarm.initial_peers": args.initial_peers}), swarm_key)
+        return pull_checkpoint(config, args.initial_peers, timeout=args.timeout, swarm_key=swarm_key)
 
     requested = latest_path(config.model.checkpoint)
     checkpoint = load_latest_good(requested)
