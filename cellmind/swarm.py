@@ -206,6 +206,9 @@ def start_dht(settings: SwarmSettings) -> hivemind.DHT:
         try:
             return _start_dht_once(settings, initial_peers, max(1.0, deadline - time.monotonic()))
         except _NoAnswer as no_answer:
+            key_error = _key_error(settings, initial_peers)
+            if key_error is not None:  # turned away for its swarm key: asking again will not help
+                raise key_error from None
             if time.monotonic() + BOOTSTRAP_RETRY_PERIOD >= deadline:
                 raise _unreachable_error(initial_peers, no_answer.reason) from None
             logger.info(f"No initial peer answered ({no_answer.reason}); trying again")
@@ -227,6 +230,7 @@ def _start_dht_once(settings: SwarmSettings, initial_peers: list[str], timeout: 
         identity_path=str(settings.identity_path) if settings.identity_path is not None else None,
         record_validators=dht_validators(settings.run_id),
         startup_timeout=timeout,
+        authorizer=settings.swarm_key.authorizer() if settings.swarm_key is not None else None,
     )
     try:
         dht.run_in_background(await_ready=True, timeout=timeout)
@@ -239,7 +243,23 @@ def _start_dht_once(settings: SwarmSettings, initial_peers: list[str], timeout: 
             raise _NoAnswer(_("no initial peer answered a ping")) from None
         raise _start_error(settings, initial_peers, error) from None
     logger.info(f"DHT node {dht.peer_id} started (client mode: {settings.client_mode})")
+    _log_swarm_privacy(settings, initial_peers)
     return dht
+
+
+def _key_error(settings: SwarmSettings, initial_peers: list[str]) -> SwarmError | None:
+    """Why the initial peers turned this peer away, if it was for its swarm key (see cellmind.swarm_key)."""
+    return diagnose_join_failure(initial_peers, settings.swarm_key) if initial_peers else None
+
+
+def _log_swarm_privacy(settings: SwarmSettings, initial_peers: list[str]) -> None:
+    if settings.swarm_key is not None:
+        logger.info(f"Private swarm: DHT requests are signed with swarm key {settings.swarm_key.fingerprint}")
+    elif not initial_peers:
+        logger.warning(
+            "This swarm is open: anyone who knows its address can join, read the model and send updates; "
+            "create a key with 'cellmind swarm-key new' and start every peer with --swarm-key to keep it private"
+        )
 
 
 def _stop_unready_dht(dht: hivemind.DHT) -> None:
