@@ -10,7 +10,7 @@ under ``--output-dir`` and prints what cleaning did.
 import argparse
 from pathlib import Path
 
-from cellmind.cleaning import DROP_REASONS
+from cellmind import cleaning
 from cellmind.cli import add_common_arguments
 from cellmind.config import load_config
 from cellmind.corpus import UNITS, PreparedCorpus, parse_duration, prepare_corpus, read_names_file, write_corpus
@@ -111,16 +111,16 @@ def _existing_inputs(inputs: list[Path]) -> list[Path]:
 
 def _drop_reason_label(reason: str) -> str:
     labels = {
-        "system notice": _("system notice"),
-        "deleted message": _("deleted message"),
-        "hidden by admin": _("hidden by admin"),
-        "call notice": _("call notice"),
-        "file notice": _("file notice"),
-        "shared item": _("shared item"),
-        "location": _("location"),
-        "contact": _("contact"),
-        "voice message": _("voice message"),
-        "empty after cleaning": _("empty after cleaning"),
+        cleaning.SYSTEM: _("system notice"),
+        cleaning.DELETED: _("deleted message"),
+        cleaning.HIDDEN: _("hidden by admin"),
+        cleaning.CALL: _("call notice"),
+        cleaning.FILE: _("file notice"),
+        cleaning.SHARE: _("shared item"),
+        cleaning.LOCATION: _("location"),
+        cleaning.CONTACT: _("contact"),
+        cleaning.VOICE_MESSAGE: _("voice message"),
+        cleaning.EMPTY: _("empty after cleaning"),
     }
     return labels.get(reason, reason)
 
@@ -135,10 +135,9 @@ def print_report(corpus: PreparedCorpus, n_chats: int) -> None:
     print(_("chats read: {count}").format(count=n_chats))
     print(_("names known: {count}").format(count=report.names_known))
     print(_("name mentions replaced: {count}").format(count=report.name_mentions))
-    placeholders = {key: value for key, value in report.placeholders.items()}
-    print(_("placeholders: {counts}").format(counts=_format_counts(placeholders) or "-"))
+    print(_("placeholders: {counts}").format(counts=_format_counts(report.placeholders) or "-"))
     dropped = {
-        _drop_reason_label(reason): report.dropped[reason] for reason in DROP_REASONS if report.dropped.get(reason)
+        _drop_reason_label(reason): report.dropped[reason] for reason in cleaning.DROP_REASONS if report.dropped.get(reason)
     }
     print(_("records dropped: {total} ({counts})").format(total=sum(report.dropped.values()), counts=_format_counts(dropped) or "-"))
     print(_("messages kept: {count}").format(count=report.messages_kept))
