@@ -6,7 +6,6 @@ rejected node once, and that a DHT node without the key reads none of the run's 
 """
 
 import asyncio
-import os
 import stat
 
 import hivemind
@@ -162,16 +161,3 @@ def _assert_records_need_the_key(address: str, key) -> None:
     finally:
         outsider.shutdown()
         insider.shutdown()
-
-
-@pytest.mark.swarm
-def test_open_bootstrap_says_it_is_open(tiny_run, tmp_path):
-    port = free_port()
-    bootstrap = tiny_run.peer(
-        "--bootstrap", "--no-train", "--host-maddrs", f"/ip4/127.0.0.1/tcp/{port}",
-        "--identity", str(tmp_path / "identity.key"), log_name="open-bootstrap",
-    )
-    bootstrap.wait_for(JOIN_LINE, START_TIMEOUT)
-    assert len(bootstrap.matches(r"This swarm is open: anyone who knows its address can join")) == 1
-    bootstrap.kill_group()
-    assert os.environ.get("CELLMIND_TEST_CORRUPT_AVERAGING") is None

@@ -1,0 +1,161 @@
+"""Faults that happen every day, in one swarm of separate processes on 127.0.0.1 (opt-in: ``make test-faults``).
+
+One scenario, in order, so that the swarm is started once: a relay bootstrap (``--no-train``) and four trainers
+started within one second form one swarm; a trainer is SIGKILLed while the swarm averages; the relay is
+SIGKILLed; a new peer joins through a trainer's address, and the trainer it downloads its state from is
+SIGKILLed as the download starts; then every peer is stopped and started again and training resumes from the
+newest checkpoint among them. It takes several minutes on two cores, more than ``make test`` can spend, so it
+runs only with ``CELLMIND_FAULT_TESTS=1``.
+"""
+
+import os
+import signal
+
+import pytest
+
+from cellmind.checkpoints import load_checkpoint
+from conftest import free_port
+
+pytestmark = [
+    pytest.mark.swarm,
+    pytest.mark.skipif(not os.environ.get("CELLMIND_FAULT_TESTS"),
+                       reason="several minutes of swarm faults; run with `make test-faults`"),
+]
+
+STEP_LINE = r"global epoch (\d+) \| loss ([\d.]+) \| \d+ samples/s \| (\d+) peers in last round \| lr "
+JOIN_LINE = r"^\s+cellmind-peer --initial-peers (\S+)$"
+JOINED = r"Joined the swarm at global epoch (\d+) \(parameter digest (\w+)\)"
+DHT_STARTED = r"DHT node (\S+) started"
+TRAINERS = 4
+MATCHMAKING_TIME, AVERAGING_TIMEOUT = 1.0, 10.0  # the tiny run's config
+ACCUMULATION_TIME = 30.0
+"""Seconds the swarm may need to accumulate one target batch on a loaded two-core machine."""
+START_TIMEOUT = 120
+STEP_TIMEOUT = 60
+
+
+def step_epochs(peer, start: int = 0) -> list[int]:
+    return [int(m.group(1)) for m in (__import__("re").search(STEP_LINE, line) for line in peer.lines[start:]) if m]
+
+
+def digest_at(peer, epoch: int, timeout: float = STEP_TIMEOUT) -> str:
+    return peer.wait_for(rf"parameters at global epoch {epoch}: digest (\w+)", timeout).group(1)
+
+
+class FaultSwarm:
+    """A relay bootstrap and trainers with fixed ports and identities, so each can be restarted or joined."""
+
+    def __init__(self, tiny_run):
+        self.run = tiny_run
+        self.ports = {name: free_port() for name in ["relay", *self.trainer_names]}
+        self.peers = {}
+        self.peer_ids = {}
+
+    trainer_names = [f"trainer{index}" for index in range(TRAINERS)]
+
+    def address(self, name: str) -> str:
+        return f"/ip4/127.0.0.1/tcp/{self.ports[name]}/p2p/{self.peer_ids[name]}"
+
+    def start_relay(self, suffix: str = "") -> str:
+        relay = self.run.peer(
+            "--bootstrap", "--no-train", "--host-maddrs", f"/ip4/127.0.0.1/tcp/{self.ports['relay']}",
+            "--identity", str(self.run.root / "relay" / "identity.key"), log_name=f"relay{suffix}",
+        )
+        self.peers["relay"] = relay
+        address = relay.wait_for(JOIN_LINE, START_TIMEOUT).group(1)
+        self.peer_ids["relay"] = address.rsplit("/", 1)[1]
+        return address
+
+    def start_trainer(self, name: str, initial_peer: str, suffix: str = ""):
+        peer = self.run.peer(
+            "--initial-peers", initial_peer, "--host-maddrs", f"/ip4/127.0.0.1/tcp/{self.ports[name]}",
+            "--identity", str(self.run.root / name / "identity.key"),
+            "--checkpoint-dir", str(self.run.root / f"{name}-checkpoints"), "--target-batch-size", "256",
+            "--name", name, log_name=f"{name}{suffix}",
+        )
+        self.peers[name] = peer
+        return peer
+
+    def trainers(self):
+        return [self.peers[name] for name in self.trainer_names if name in self.peers]
+
+    def learn_peer_ids(self) -> None:
+        for name in self.trainer_names:
+            self.peer_ids[name] = self.peers[name].wait_for(DHT_STARTED, START_TIMEOUT).group(1)
+
+    def kill(self, name: str) -> None:
+        self.peers.pop(name).kill_group()
+
+
+@pytest.fixture(scope="module")
+def swarm(tiny_run):
+    swarm = FaultSwarm(tiny_run)
+    yield swarm
+    for peer in swarm.peers.values():
+        peer.kill_group()
+
+
+def test_four_peers_started_together_form_one_swarm(swarm):
+    relay_address = swarm.start_relay()
+    for name in swarm.trainer_names:  # all four within well under a second
+        swarm.start_trainer(name, relay_address)
+    swarm.learn_peer_ids()
+    for peer in swarm.trainers():
+        peer.wait_for(rf"\| {TRAINERS} peers in last round \|", START_TIMEOUT)
+
+
+def test_sigkill_during_averaging_others_step_on(swarm):
+    victim = swarm.peers["trainer3"]
+    victim.wait_for(STEP_LINE, STEP_TIMEOUT, start=len(victim.lines))  # the swarm is in the middle of its rounds
+    survivors = [swarm.peers[name] for name in ("trainer0", "trainer1", "trainer2")]
+    marks = [len(peer.lines) for peer in survivors]
+    swarm.kill("trainer3")
+    for peer, mark in zip(survivors, marks):
+        peer.wait_for(STEP_LINE, MATCHMAKING_TIME + AVERAGING_TIMEOUT + ACCUMULATION_TIME, start=mark)
+        peer.wait_for(STEP_LINE, STEP_TIMEOUT, start=peer.last_index + 1)
+
+
+def test_bootstrap_killed_others_train_and_newcomers_join_through_any_peer(swarm):
+    swarm.kill("relay")
+    marks = {peer: len(peer.lines) for peer in swarm.trainers()}
+    for peer, mark in marks.items():
+        peer.wait_for(STEP_LINE, STEP_TIMEOUT, start=mark)
+        peer.wait_for(STEP_LINE, STEP_TIMEOUT, start=peer.last_index + 1)
+
+    # the newcomer joins through trainer0; whichever trainer it downloads from is SIGKILLed as the download starts
+    swarm.ports["trainer3"] = free_port()
+    newcomer = swarm.start_trainer("trainer3", swarm.address("trainer0"), suffix="-newcomer")
+    sender_id = newcomer.wait_for(r"Downloading parameters from peer (\S+)", START_TIMEOUT).group(1)
+    senders = [name for name in ("trainer0", "trainer1", "trainer2") if swarm.peer_ids[name] == sender_id]
+    assert senders, f"{sender_id} is none of {swarm.peer_ids}"
+    swarm.kill(senders[0])
+
+    epoch, digest = newcomer.wait_for(JOINED, START_TIMEOUT).groups()
+    assert newcomer.process.poll() is None and not newcomer.matches(r"^error:")
+    survivors = [peer for name, peer in swarm.peers.items() if name not in ("trainer3", senders[0])]
+    # the digest it reports is that of the peer it finally downloaded from: the killed one or a survivor
+    candidates = {digest_at(peer, int(epoch)) for peer in survivors if int(epoch) in step_epochs(peer)}
+    killed_log = (swarm.run.root / f"{senders[0]}.log").read_text(encoding="utf-8")
+    assert digest in candidates or f"parameters at global epoch {epoch}: digest {digest}" in killed_log
+    newcomer.wait_for(STEP_LINE, STEP_TIMEOUT, start=newcomer.last_index + 1)
+
+
+def test_stop_all_and_restart_resumes_from_newest_checkpoint(swarm):
+    running = {name: peer for name, peer in swarm.peers.items()}
+    for peer in running.values():
+        peer.process.send_signal(signal.SIGTERM)
+    for peer in running.values():
+        assert peer.wait(STEP_TIMEOUT) == 0
+        peer.kill_group()
+    epochs = {name: load_checkpoint(swarm.run.root / f"{name}-checkpoints" / "latest.pt").global_epoch
+              for name in running}
+    newest = max(epochs.values())
+    assert newest > 3
+
+    relay_address = swarm.start_relay(suffix="-restarted")
+    restarted = [swarm.start_trainer(name, relay_address, suffix="-restarted") for name in running]
+    for peer in restarted:
+        peer.wait_for(r"Resuming from .* at global epoch", START_TIMEOUT)
+        peer.wait_for(STEP_LINE, START_TIMEOUT)
+        peer.wait_for(rf"global epoch ({newest + 1}|{newest + 2}|{newest + 3}) \|", START_TIMEOUT)
+        assert min(step_epochs(peer)) > min(epochs.values()), "a peer trained from an older state"
