@@ -27,6 +27,7 @@ from cellmind.peer import (
     parameter_groups,
     scheduler_factory,
 )
+from cellmind.progress import spinner
 from cellmind.swarm import RunManifest, SwarmSettings, fetch_manifest, shutdown_dht, start_dht
 from cellmind.swarm_key import SwarmKey
 
@@ -66,13 +67,14 @@ def pull_checkpoint(
         swarm_key=swarm_key,
     )
     deadline = time.monotonic() + timeout
-    dht = start_dht(settings)
-    try:
-        manifest = _wait_for_manifest(dht, config.swarm.run_id, deadline)
-        config = config_for_manifest(config, manifest)
-        return _download(dht, config, manifest, deadline)
-    finally:
-        shutdown_dht(dht)
+    with spinner(_("downloading the swarm's model")):
+        dht = start_dht(settings)
+        try:
+            manifest = _wait_for_manifest(dht, config.swarm.run_id, deadline)
+            config = config_for_manifest(config, manifest)
+            return _download(dht, config, manifest, deadline)
+        finally:
+            shutdown_dht(dht)
 
 
 def _wait_for_manifest(dht, run_id: str, deadline: float) -> RunManifest:
