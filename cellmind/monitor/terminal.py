@@ -29,6 +29,11 @@ def format_number(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def format_loss(value: Optional[float]) -> str:
+    """Return four significant digits, so that small losses late in training still differ."""
+    return "-" if value is None else f"{value:.4g}"
+
+
 def render(snapshot: Snapshot) -> Group:
     """Build the whole view of ``snapshot``."""
     return Group(_summary(snapshot), _peer_table(snapshot), _footer(snapshot))
@@ -47,12 +52,12 @@ def _summary(snapshot: Snapshot) -> Table:
     )
     table.add_row(_("Next global step in"), format_duration(snapshot.eta_seconds))
     table.add_row(_("Swarm samples/s"), format_number(snapshot.samples_per_second, 1))
-    table.add_row(_("Training loss"), format_number(snapshot.training_loss, 4))
+    table.add_row(_("Training loss"), format_loss(snapshot.training_loss))
     if snapshot.validation_loss is not None:
         table.add_row(
             _("Validation loss"),
             _("{loss} (global epoch {epoch})").format(
-                loss=format_number(snapshot.validation_loss, 4), epoch=snapshot.validation_epoch
+                loss=format_loss(snapshot.validation_loss), epoch=snapshot.validation_epoch
             ),
         )
     return table
@@ -78,7 +83,7 @@ def _peer_table(snapshot: Snapshot) -> Table:
             Text(row.device),
             str(row.local_epoch),
             format_number(row.samples_per_second, 1),
-            format_number(row.loss, 4),
+            format_loss(row.loss),
             _("{duration} ago").format(duration=format_duration(row.age)),
             _("yes") if row.client_mode else _("no"),
         )

@@ -64,6 +64,7 @@ def watch(options: MonitorOptions, console: Console) -> None:
     history = History(options.run_id, options.history_path)
     tensorboard = _open_tensorboard(options.tensorboard_dir)
     state = MonitorState()
+    state.update(None, history.series())  # a restarted viewer shows the curve before its first read
     server = WebServer(state, *options.web).start() if options.web is not None else None
     reader = None
     try:

@@ -26,7 +26,8 @@ class MonitorState:
         self._lock = threading.Lock()
         self._body = json.dumps({"snapshot": None, "series": None}).encode()
 
-    def update(self, snapshot: dict[str, Any], series: dict[str, Any]) -> None:
+    def update(self, snapshot: Optional[dict[str, Any]], series: dict[str, Any]) -> None:
+        """Replace the state; ``snapshot`` is None before the first read, when only the history is known."""
         body = json.dumps({"snapshot": snapshot, "series": series}, ensure_ascii=False, allow_nan=False).encode()
         with self._lock:
             self._body = body
