@@ -47,6 +47,7 @@ from cellmind.swarm import (
     SwarmSettings,
     announce_join_line,
     check_manifest,
+    reconnect_initial_peers,
     shutdown_dht,
     start_dht,
     store_manifest,
@@ -57,6 +58,8 @@ logger = logging.getLogger(__name__)
 LOAD_STATE_TIMEOUT = 120.0
 """Seconds a joining peer waits for the swarm's state before it gives up."""
 MANIFEST_REFRESH_PERIOD = 60.0
+REJOIN_PERIOD = 20.0
+"""Seconds between pings of the initial peers while this peer finds itself alone."""
 EVAL_BATCHES = 8
 """Validation batches measured at each checkpoint."""
 
@@ -579,6 +582,7 @@ class TrainingPeer:
         check_manifest(self.dht, swarm.run_id, self.manifest, timeout=swarm.join_timeout)
         store_manifest(self.dht, swarm.run_id, self.manifest)
         self._manifest_stored_at = time.monotonic()
+        self._rejoined_at = time.monotonic()
 
         self.optimizer = make_optimizer(self.dht, self.model, self.config)
         if self._resumed_optimizer_state is not None:
@@ -687,6 +691,9 @@ class TrainingPeer:
         self._write_scalars(epoch, progress, peers, lr)
 
         alone = optimizer.tracker.global_progress.num_peers <= 1 and peers <= 1
+        if alone and time.monotonic() - self._rejoined_at > REJOIN_PERIOD:
+            reconnect_initial_peers(self.dht, self.options.swarm.initial_peers)
+            self._rejoined_at = time.monotonic()
         if alone and not alone_warned:
             logger.warning(
                 "No other peer to average with: training alone on local gradients. The parameters still "

@@ -20,11 +20,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import hivemind
 import psutil
-from hivemind.p2p import P2PDaemonError
+from hivemind.p2p import P2PDaemonError, PeerID
 from hivemind.utils import get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
 
@@ -305,6 +306,26 @@ def shutdown_dht(dht: hivemind.DHT) -> None:
     if dht.is_alive():
         dht.terminate()
         dht.join(5)
+
+
+async def _ping_initial_peers(_dht: hivemind.DHT, node, initial_peers: tuple[str, ...]) -> int:
+    """Runs inside the DHT process: ping each initial peer, which adds those that answer to the routing table."""
+    answered = 0
+    for address in initial_peers:
+        peer_id = PeerID.from_base58(Multiaddr(address)["p2p"])
+        if await node.protocol.call_ping(peer_id) is not None:
+            answered += 1
+    return answered
+
+
+def reconnect_initial_peers(dht: hivemind.DHT, initial_peers: Sequence[str]) -> None:
+    """Ping the initial peers again in the background.
+
+    A DHT node drops peers that stop answering and never looks for them again, so a peer that outlived a
+    restart of the bootstrap would stay alone even though the bootstrap is back at the same address.
+    """
+    if initial_peers:
+        dht.run_coroutine(partial(_ping_initial_peers, initial_peers=tuple(initial_peers)), return_future=True)
 
 
 # the run manifest
