@@ -336,13 +336,13 @@ def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOpt
     if optimizer.grad_averager.allow_state_sharing:
         # Joining peers reset their gradient accumulators anyway, so sending them ours is wasted traffic.
         optimizer.grad_averager.allow_state_sharing = False
-    copy_model_into_optimizer(optimizer, model)
+    copy_model_into_optimizer(optimizer)
     return optimizer
 
 
 @torch.no_grad()
-def copy_model_into_optimizer(optimizer: hivemind.Optimizer, model: GPT) -> None:
-    """Make the offloaded parameters equal the model's again.
+def copy_model_into_optimizer(optimizer: hivemind.Optimizer) -> None:
+    """Make the offloaded parameters equal the model's (the optimizer's main parameters) again.
 
     Hivemind initializes Adam's statistics with one step on zero gradients, which AdamW's weight decay turns
     into a small change of the offloaded copy; without this a resumed model would not be its checkpoint.
@@ -351,7 +351,6 @@ def copy_model_into_optimizer(optimizer: hivemind.Optimizer, model: GPT) -> None
     main = [p for group in optimizer.param_groups for p in group["params"]]
     for target, source in zip(offloaded, main, strict=True):
         target.copy_(source.detach().to(target.device, target.dtype))
-    del model  # the main parameters above are the model's own
 
 
 def state_sharers(optimizer: hivemind.Optimizer) -> int:

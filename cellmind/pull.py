@@ -1,9 +1,9 @@
 """Downloading the swarm's current model and optimizer state without training: ``cellmind checkpoint pull``.
 
-The puller joins the DHT in client mode, reads the run manifest to learn the model's shape and tokenizer, builds
-the same model and AdamW optimizer a training peer builds, and downloads parameters, optimizer statistics and the
-global epoch through Hivemind's state download (the same stream a joining peer uses). Nothing is trained and
-nothing is averaged.
+The puller joins the DHT in client mode and reads the run manifest to learn the model's shape and tokenizer.
+It builds the same model and AdamW optimizer a training peer builds. Then it downloads parameters, optimizer
+statistics and the global epoch through Hivemind's state download, the same stream a joining peer uses.
+Nothing is trained and nothing is averaged.
 """
 
 import logging

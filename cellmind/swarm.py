@@ -7,7 +7,7 @@ join line other devices run and writes the same line to ``peers/join.txt``.
 Every DHT node of a run passes :func:`cellmind.metrics.dht_validators` to ``hivemind.DHT``, and client mode is
 set on the DHT itself, because ``hivemind.Optimizer`` takes its client mode from the DHT (hivemind 1.1.12).
 
-The run manifest is a small DHT record (well under 1 KiB) that says what model the run trains: shape,
+The run manifest is a small DHT record (well under 1 KiB) that describes the model the run trains: shape,
 vocabulary size, tokenizer SHA-256, target batch size and CellMind version. A peer compares it with its own
 before it downloads any state, because a peer whose model differs would retry the download forever.
 """
@@ -43,7 +43,7 @@ JOIN_FILE_NAME = "join.txt"
 JOIN_TIMEOUT = 30.0
 """Seconds a peer waits for its DHT node to start and reach an initial peer before it gives up."""
 BOOTSTRAP_RETRY_PERIOD = 2.0
-"""Seconds between attempts to reach initial peers that did not answer."""
+"""Seconds between attempts to reach initial peers that did not respond."""
 MANIFEST_FIELD = "manifest"
 MANIFEST_EXPIRATION = 600.0
 """Seconds a stored manifest lives; training peers store it again well before that."""
@@ -51,7 +51,7 @@ MANIFEST_EXPIRATION = 600.0
 
 @dataclass(frozen=True)
 class SwarmSettings:
-    """How this peer joins the DHT; built by the CLI from flags and the config's ``swarm`` section."""
+    """Settings for joining the DHT, built by the CLI from flags and the config's ``swarm`` section."""
 
     run_id: str
     initial_peers: tuple[str, ...] = ()
@@ -154,7 +154,7 @@ def join_line(addresses: Sequence[str]) -> str:
 
 
 def write_join_file(path: Path, line: str) -> None:
-    """Write ``line`` to ``path`` atomically, so that a script reading the file never sees half of it."""
+    """Write ``line`` to ``path`` atomically, so that a script reading the file never reads a partial line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False)
     try:

@@ -106,7 +106,7 @@ def test_late_joiner_has_swarm_state(swarm):
 
 
 def test_peers_hold_same_parameters_after_global_step(swarm):
-    # Right after a join, peers may take a few steps apart until each sees the other (Hivemind then proceeds
+    # Right after a join, peers may take a few steps apart until each detects the other (Hivemind then proceeds
     # with local gradients). The next averaging of parameters and Adam's moments pulls them together, and from
     # then on each averaged global step keeps them equal, up to rounding in Hivemind's all-reduce.
     first_together = int(swarm.joiner.wait_for(TOGETHER_LINE, STEP_TIMEOUT).group(1))
@@ -154,7 +154,7 @@ def test_sigterm_leaves_no_p2pd_and_restart_keeps_address(swarm):
     old.process.send_signal(signal.SIGTERM)
     assert old.wait(STEP_TIMEOUT) == 0
     assert old.matches(r"Saved checkpoint")
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _ended, alive = psutil.wait_procs(children, timeout=10)
     assert [child.pid for child in alive] == []
     old.kill_group()
 
