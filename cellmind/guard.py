@@ -6,8 +6,8 @@ Four checks, each cheap next to a micro-step:
   its samples are not reported to the swarm (:meth:`TrainingGuard.micro_step_ok`).
 - **Averaged gradients** that are not finite, or whose norm exceeds :attr:`HealthLimits.gradient_trust_ratio`
   times this peer's own accumulated gradients, are replaced by the peer's own gradients for that global step.
-  One peer sending NaN or values 1e30 times too large cannot steer the update; the honest peers still take a
-  step with what they computed (:func:`averaged_gradients_problem`).
+  One peer sending NaN or values 1e30 times too large cannot steer the update, and the honest peers still take
+  a step with what they computed (:func:`averaged_gradients_problem`).
 - **Averaged parameters**: the result of a parameter averaging round that is not finite, holds a value above
   :attr:`HealthLimits.max_abs_parameter` or a norm :attr:`HealthLimits.max_norm_growth` times this peer's is
   not applied (:func:`reject_poisoned_state`).

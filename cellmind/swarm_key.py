@@ -10,7 +10,7 @@ layer nor its ``p2pd`` daemon), so the key protects the swarm in two layers:
   which global epoch the swarm is at, or which peers offer their state.
 - **The run's namespace.** Hivemind names every DHT key of a run and the averagers' RPC handlers
   (``{prefix}::DecentralizedAverager.rpc_join_group``, ``rpc_download_state``, ...) after the run id.
-  :meth:`SwarmKey.run_namespace` turns the run id into ``{run_id}-{secret tag}``, so an outsider that knows a
+  :meth:`SwarmKey.run_namespace` turns the run id into ``{run_id}-{secret tag}``, so an outsider with a
   peer's address still cannot name the handlers that form averaging groups or stream the model state.
 
 NOTE: the namespace is a secret only as long as it stays on the swarm's devices. Checkpoints store the resolved

@@ -55,7 +55,7 @@ def test_honest_peers_survive_nan_and_huge_averages(tiny_run, monkeypatch):
         log_name="honest-boot",
     )]
     address = honest[0].wait_for(JOIN_LINE, START_TIMEOUT).group(1)
-    # an open swarm says so once (checked here to spare a swarm of its own)
+    # an open swarm logs one warning about it (checked here to spare a swarm of its own)
     assert len(honest[0].matches(r"This swarm is open: anyone who knows its address can join")) == 1
     honest.append(tiny_run.peer(
         "--initial-peers", address, "--host-maddrs", "/ip4/127.0.0.1/tcp/0",
