@@ -38,7 +38,7 @@ PROGRESS_FIELD = "progress"  # Hivemind's ProgressTracker stores LocalTrainingPr
 
 
 class PeerMetrics(BaseModel):
-    """What one training peer says about itself; all times are Hivemind DHT times in seconds."""
+    """Metrics one training peer publishes about itself. Times are Hivemind DHT times in seconds."""
 
     peer_id: bytes
     name: constr(strict=True, max_length=64)
@@ -104,7 +104,7 @@ class MetricsPublisher:
     :param period: seconds between two publications; a few seconds keeps the viewer fresh at little traffic
     :param expiration: seconds a record lives in the DHT; a peer that stops publishing vanishes after this.
       Keep it several times ``period`` so that one slow store does not make a live peer blink out.
-    :param target_batch_size: the run's target batch size, published so that viewers need not be told it
+    :param target_batch_size: the run's target batch size, published so that viewers can show progress toward it
     """
 
     def __init__(

@@ -93,7 +93,8 @@ def test_web_server_serves_page_and_state():
     server = WebServer(state, "127.0.0.1", 0).start()
     try:
         page = urllib.request.urlopen(server.url, timeout=5).read().decode()
-        assert "<canvas" in page and "navigator.language" in page
+        assert "<canvas" in page
+        assert "navigator.language" in page
         assert "http://" not in page.replace("http://[", "")  # self-contained: no external resource
         assert json.loads(urllib.request.urlopen(server.url + "api/state", timeout=5).read()) == {
             "snapshot": None, "series": None,
@@ -185,3 +186,15 @@ def test_tensorboard_gets_same_series(tmp_path):
     assert [(event.step, event.value) for event in events.Scalars("loss/training")] == [(0, 5.0), (1, 4.0), (2, 3.0)]
     assert [event.step for event in events.Scalars("loss/validation")] == [0]
     assert [event.value for event in events.Scalars("swarm/peers")] == [1, 1, 1, 1]
+
+
+def test_malformed_initial_peer_is_one_line_error(capsys, tmp_path):
+    from cellmind.cli import main
+
+    config = tmp_path / "empty.json"
+    config.write_text("{}")
+    status = main(["monitor", "--config", str(config), "--initial-peers", "not-a-multiaddr", "--once", "--json"])
+    assert status == 69  # SwarmError: EX_UNAVAILABLE
+    error = capsys.readouterr().err
+    assert "not-a-multiaddr" in error
+    assert "Traceback" not in error

@@ -9,6 +9,7 @@ The viewer is a client-mode DHT node that trains nothing; it only reads what the
 
 import argparse
 import re
+import signal
 from pathlib import Path
 
 from rich.console import Console
@@ -33,10 +34,18 @@ def register(subparsers) -> None:
             "peers, refreshed in place. The viewer joins the swarm in client mode and trains nothing."
         ),
     )
+
+    # the swarm to watch
     parser.add_argument(
         "--initial-peers", nargs="+", metavar="MULTIADDR", help=_("any peers of the swarm (default: the config's)")
     )
     parser.add_argument("--run-id", help=_("run to watch (default: the config's swarm.run_id)"))
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS",
+        help=_("seconds one read from the swarm may take (default: %(default)s)"),
+    )
+
+    # how to show it
     parser.add_argument(
         "--refresh", type=parse_duration, default=2.0, metavar="DURATION",
         help=_("time between refreshes, e.g. 2s or 500ms (default: 2s)"),
@@ -47,18 +56,17 @@ def register(subparsers) -> None:
         "--web", type=web_address, metavar="HOST:PORT", help=_("also serve a live web page, e.g. 127.0.0.1:8080")
     )
     parser.add_argument(
+        "--target-batch-size", type=int, metavar="N",
+        help=_("shown when no peer publishes the run's target batch size (default: the config's)"),
+    )
+
+    # where to keep it
+    parser.add_argument(
         "--history", type=Path, metavar="PATH",
         help=_("JSONL file the plotted history is kept in (default: runs/monitor-RUN_ID.jsonl)"),
     )
     parser.add_argument("--tensorboard", type=Path, metavar="DIR", help=_("also write the series to TensorBoard"))
-    parser.add_argument(
-        "--target-batch-size", type=int, metavar="N",
-        help=_("shown when no peer publishes the run's target batch size (default: the config's)"),
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS",
-        help=_("seconds one read from the swarm may take (default: %(default)s)"),
-    )
+
     parser.add_argument("--config", metavar="PATH", help=_("config file (default: config.json if present)"))
     add_common_arguments(parser)
     parser.set_defaults(run=run)
@@ -84,11 +92,16 @@ def web_address(text: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     options = build_options(args)
     console = Console()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the viewer as cleanly as Ctrl-C
     if args.once:
         print_once(options, as_json=args.json, console=console)
     else:
         watch(options, console)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def build_options(args: argparse.Namespace) -> MonitorOptions:

@@ -62,7 +62,7 @@ class Snapshot:
     samples_accumulated: int
     target_batch_size: Optional[int]
     eta_seconds: Optional[float]
-    """Estimated seconds to the next global step; None while nobody reports throughput or the target is unknown."""
+    """Estimated seconds to the next global step; None while no peer reports throughput or the target is unknown."""
     samples_per_second: float
     num_peers: int
     num_clients: int

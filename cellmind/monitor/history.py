@@ -1,6 +1,6 @@
 """The viewer's history on disk: one JSON line per refresh, reloaded at start, turned into the plotted series.
 
-Each line holds the swarm-wide numbers of one snapshot (not the peer table), so a day of refreshes every two
+Each line contains the swarm-wide numbers of one snapshot (not the peer table), so a day of refreshes every two
 seconds stays a few megabytes. Lines are appended; a line cut short by a crash is skipped when the file is read.
 """
 

@@ -1,6 +1,6 @@
 """Writing the viewer's series to TensorBoard: the same numbers the web page plots.
 
-Losses are written once per global epoch, with the epoch as the step; throughput and the number of peers are
+Losses are written once per global epoch, with the epoch as the step. Throughput and the number of peers are
 written every refresh, with seconds since the first refresh as the step and the DHT time as wall time.
 """
 

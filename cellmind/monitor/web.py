@@ -1,7 +1,7 @@
 """The web view: a small HTTP server, in a thread, serving the page and the JSON it polls.
 
-Routes: ``/`` is the self-contained page (``static/index.html``: inline CSS and JavaScript, plots drawn on
-``<canvas>``, no network access beyond this server); ``/api/state`` is the latest snapshot with the plotted
+Routes: ``/`` is the self-contained page ``static/index.html``, with inline CSS and JavaScript and plots drawn on
+``<canvas>``, so it needs no network beyond this server. ``/api/state`` is the latest snapshot with the plotted
 series, the same numbers the terminal shows. The standard library's server is enough for a handful of viewers.
 """
 
