@@ -571,6 +571,19 @@ def test_folder_read_sorted_and_hidden_skipped(tmp_path):
     assert [export.path.name for export in exports] == ["a.csv", "b.txt"]
 
 
+def test_folder_skips_files_with_no_export_extension(tmp_path):
+    shutil.copy(FIXTURES / "ios_en.txt", tmp_path / "chat.txt")
+    write_bytes(tmp_path, "photo.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF")
+    (tmp_path / "README.md").write_text("# notes about this export\n", encoding="utf-8")
+    exports = read_exports([tmp_path])
+    assert [export.path.name for export in exports] == ["chat.txt"]
+
+
+def test_named_file_read_whatever_its_extension(tmp_path):
+    path = shutil.copy(FIXTURES / "ios_en.txt", tmp_path / "chat.md")
+    assert read_exports([path])[0].format == "ios_txt"
+
+
 def test_same_file_twice_read_once(tmp_path):
     path = shutil.copy(FIXTURES / "ios_en.txt", tmp_path / "chat.txt")
     assert len(read_exports([path, tmp_path])) == 1

@@ -1,7 +1,8 @@
 """Reading export files and folders into ``ChatExport`` objects.
 
 Folders are read recursively in sorted order, skipping hidden files and folders (``.DS_Store``, ``__MACOSX/._*``
-copies). The parts of an iOS export split into ``NAME-1.txt``, ``NAME-2.txt`` ... in one folder become one chat:
+copies) and files whose extension no export has (photos and videos saved with an export, notes such as
+``README.md``); a file named on the command line is always read, whatever its extension. The parts of an iOS export split into ``NAME-1.txt``, ``NAME-2.txt`` ... in one folder become one chat:
 their lines are joined in part order, without the header of the later parts, so a message cut at a part boundary
 stays whole. Parts merge only when they are numbered 1 to N without gaps and part 1 is an iOS export.
 """
@@ -32,6 +33,8 @@ PARSERS: dict[str, Callable[[SourceLines], RecordTable]] = {
     "plain_txt": plain.parse,
     "jsonl": jsonl.parse,
 }
+EXPORT_EXTENSIONS = frozenset({".txt", ".csv", ".jsonl"})
+"""Extensions read from folders; a format is still detected from each file's content."""
 SPLIT_PART = re.compile(r"(?P<stem>.+)-(?P<number>\d+)\.txt", re.IGNORECASE)
 
 
@@ -66,10 +69,11 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found = (
-                child for child in sorted(path.rglob("*")) if child.is_file() and not _is_hidden(child, path)
-            )
-            files.update(dict.fromkeys(found))
+            found = [child for child in sorted(path.rglob("*")) if child.is_file() and not _is_hidden(child, path)]
+            skipped = [child for child in found if child.suffix.lower() not in EXPORT_EXTENSIONS]
+            if skipped:
+                logger.info(f"skipped {len(skipped)} file(s) under {path} with no export extension: {skipped[:5]}")
+            files.update(dict.fromkeys(child for child in found if child.suffix.lower() in EXPORT_EXTENSIONS))
         elif path.is_file():
             files[path] = None
         else:
