@@ -42,6 +42,7 @@ from cellmind.errors import CheckpointError, ConfigError, SwarmError
 from cellmind.guard import RateLimitedLog, TrainingGuard, reject_poisoned_state, replace_poisoned_gradients
 from cellmind.i18n import _
 from cellmind.model import GPT
+from cellmind.progress import spinner
 from cellmind.swarm import (
     RunManifest,
     SwarmSettings,
@@ -383,8 +384,9 @@ def sync_with_swarm(optimizer: hivemind.Optimizer, timeout: float, stop_event: t
     worker = threading.Thread(target=download, name="load_state_from_peers", daemon=True)
     worker.start()
     deadline = time.monotonic() + timeout
-    while worker.is_alive() and time.monotonic() < deadline and not stop_event.is_set():
-        worker.join(0.5)
+    with spinner(_("downloading the swarm's model")):
+        while worker.is_alive() and time.monotonic() < deadline and not stop_event.is_set():
+            worker.join(0.5)
     if stop_event.is_set():
         raise KeyboardInterrupt
     if worker.is_alive():
@@ -575,7 +577,8 @@ class TrainingPeer:
         from cellmind.metrics import MetricsPublisher
 
         options, swarm = self.options, self.options.swarm
-        self.dht = start_dht(swarm)
+        with spinner(_("joining the swarm"), enabled=not options.bootstrap):
+            self.dht = start_dht(swarm)
         if options.bootstrap:
             announce_join_line(self.dht, swarm)
         check_manifest(self.dht, swarm.run_id, self.manifest, timeout=swarm.join_timeout)
