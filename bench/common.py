@@ -5,6 +5,7 @@ Benchmarks import this as ``from common import ...`` because each runs as a scri
 
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -122,12 +124,13 @@ class Processes:
     def __init__(self):
         self.started: list[subprocess.Popen] = []
 
-    def start(self, command: list[str], log_path: Path, threads: int = 1, **kwargs) -> subprocess.Popen:
+    def start(self, command: list[str], log_path: Path, threads: int = 1, env: dict | None = None,
+              **kwargs) -> subprocess.Popen:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "w", encoding="utf-8")
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=child_environment(threads), cwd=REPO_DIR,
-            start_new_session=True, **kwargs,
+            command, stdout=log, stderr=subprocess.STDOUT, env={**child_environment(threads), **(env or {})},
+            cwd=REPO_DIR, start_new_session=True, **kwargs,
         )
         process.log_path = log_path
         self.started.append(process)
@@ -220,6 +223,24 @@ def read_join_address(join_file: Path, process: subprocess.Popen, timeout: float
     raise TimeoutError(f"no join line in {join_file} within {timeout:.0f} s")
 
 
+LOG_TIME = re.compile(r"^[A-Z][a-z]{2} \d{2} (\d{2}):(\d{2}):(\d{2}\.\d{3}) ")
+
+
+def log_seconds(line: str) -> float | None:
+    """Seconds since midnight of a Hivemind-style log line (``Dec 04 20:54:14.454 [INFO] ...``), else None."""
+    match = LOG_TIME.match(line)
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def now_seconds() -> float:
+    """Seconds since local midnight now, on the clock :func:`log_seconds` reads."""
+    moment = datetime.now()
+    return moment.hour * 3600 + moment.minute * 60 + moment.second + moment.microsecond / 1e6
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its live descendants."""
     total = 0.0
@@ -232,19 +253,37 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) bytes summed over a process tree.
+
+    The RSS sum counts pages shared between the processes (forked Hivemind processes, shared-memory tensors) once
+    per process, so it overstates; PSS divides each shared page among the processes that map it.
+    """
+    rss = pss = 0
+    for process in _tree(pid):
+        try:
+            info = process.memory_full_info()
+            rss, pss = rss + info.rss, pss + info.pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return rss, pss
+
+
 class TreeSampler:
-    """Poll a process tree's CPU time and RSS and watch its log for lines containing ``marker``, in a thread.
+    """Poll a process tree's CPU time and memory and watch its log for lines containing ``marker``, in a thread.
 
     ``events`` holds ``(monotonic time, tree CPU seconds, line)`` for each new marker line, seen within one
-    polling period (``period`` seconds) of being written; ``peak_rss`` the largest tree RSS seen.
+    polling period (``period`` seconds) of being written; ``peak_rss`` and ``peak_pss`` are the largest tree
+    sums seen (PSS only with ``memory=True``, because reading it costs a few milliseconds per process).
     """
 
-    def __init__(self, process: subprocess.Popen, marker: str | None = None, period: float = 0.1):
+    def __init__(self, process: subprocess.Popen, marker: str | None = None, period: float = 0.1,
+                 memory: bool = False):
         import threading
 
-        self.process, self.marker, self.period = process, marker, period
+        self.process, self.marker, self.period, self.memory = process, marker, period, memory
         self.events: list[tuple[float, float, str]] = []
-        self.peak_rss = 0
+        self.peak_rss = self.peak_pss = 0
         self._offset = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -252,7 +291,11 @@ class TreeSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set() and self.process.poll() is None:
-            self.peak_rss = max(self.peak_rss, tree_rss(self.process.pid))
+            if self.memory:
+                rss, pss = tree_memory(self.process.pid)
+                self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            else:
+                self.peak_rss = max(self.peak_rss, tree_rss(self.process.pid))
             if self.marker is not None:
                 self._read_log()
             self._stop.wait(self.period)
@@ -281,3 +324,60 @@ class TreeSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def tree_pids(pid: int, name: str | None = None) -> set[int]:
+    """Pids of a process tree, or only of its processes called ``name`` (e.g. ``p2pd``)."""
+    pids = set()
+    for process in _tree(pid):
+        try:
+            if name is None or process.name() == name:
+                pids.add(process.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+def tcp_bytes_sent(pids: set[int]) -> dict[tuple[str, str], int]:
+    """``bytes_sent`` of every TCP socket that one of ``pids`` owns, by (local, remote) address, from ``ss``.
+
+    The kernel counts these per socket (tcp_info), so they are the bytes a process put on the wire, retransmissions
+    included, whatever else runs on the machine.
+    """
+    output = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, check=True).stdout
+    sent, key = {}, None
+    for line in output.splitlines():
+        if not line.startswith((" ", "\t")):
+            fields = line.split()
+            owners = {int(part[4:]) for part in line.replace(",", " ").replace(")", " ").split()
+                      if part.startswith("pid=")}
+            key = (fields[3], fields[4]) if owners & pids and len(fields) >= 5 else None
+        elif key is not None:
+            for field in line.split():
+                if field.startswith("bytes_sent:"):
+                    sent[key] = int(field.split(":")[1])
+    return sent
+
+
+def bytes_sent_between(before: dict, after: dict) -> int:
+    """Bytes sent on each socket between two :func:`tcp_bytes_sent` snapshots; new sockets count from zero."""
+    return sum(value - before.get(key, 0) for key, value in after.items())
+
+
+def watch_markers(process: subprocess.Popen, markers: list[str], timeout: float) -> dict[str, float]:
+    """Poll a process's log until each marker has appeared; return the monotonic time each was first seen."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(markers):
+        text = Path(process.log_path).read_text(encoding="utf-8", errors="replace")
+        now = time.monotonic()
+        for marker in markers:
+            if marker not in seen and marker in text:
+                seen[marker] = now
+        if process.poll() is not None and len(seen) < len(markers):
+            raise RuntimeError(f"process exited with {process.returncode}; see {process.log_path}")
+        if now > deadline:
+            missing = [marker for marker in markers if marker not in seen]
+            raise TimeoutError(f"{missing} not seen within {timeout:.0f} s in {process.log_path}")
+        time.sleep(0.05)
+    return seen

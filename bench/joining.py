@@ -1,0 +1,87 @@
+"""Joining a running swarm of the 23M model, and the memory of its training peers.
+
+    python bench/joining.py                       # 2 late joiners, one after the other
+    python bench/joining.py --joiners 3
+
+A bootstrap peer and a second peer train the 23M-parameter model together (default micro-batch of 8 windows of
+256 tokens, target batch 32, so that global steps happen within minutes). After their first global step, late
+joiners start one after the other. For each, the table gives the seconds from starting the process to its DHT
+node being up, to having downloaded the swarm's parameters, optimizer statistics and global epoch ("Joined the
+swarm"), and to the start of its first micro-step (the "before training" log line).
+
+The same run records the peak memory of each training peer's whole process tree (the training process, its
+forked DHT and averager processes and p2pd), sampled twice a second through averaging rounds and the state
+uploads to joiners: the sum of RSS, which counts pages shared between those processes once per process, and
+the sum of PSS, which divides shared pages among the processes that map them.
+"""
+
+import argparse
+import sys
+import time
+
+from common import (
+    WORK_DIR, Processes, TreeSampler, median, peer_command, print_machine, print_table, read_join_address,
+    watch_markers,
+)
+from corpus import ensure_corpus, write_config
+
+OUT_DIR = WORK_DIR / "joining"
+MARKERS = ("DHT node", "Joined the swarm", "before training")
+GIB = 1 << 30
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--joiners", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--target-batch-size", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the first global step")
+    args = parser.parse_args()
+    print_machine("Joining a running 2-peer swarm of the 23M model; memory of training peers", "1 per peer")
+
+    config = write_config(OUT_DIR / "config.json", ensure_corpus(),
+                          training={"batch_size": args.batch_size, "checkpoint_every": 1000},
+                          swarm={"target_batch_size": args.target_batch_size, "run_id": "bench-joining"})
+    common = ["--config", str(config), "--threads", "1", "-v", "--host-maddrs", "/ip4/127.0.0.1/tcp/0"]
+    joins, memory = [], []
+    with Processes() as processes:
+        bootstrap = processes.start(peer_command(
+            "--bootstrap", "--identity", str(OUT_DIR / "identity.key"), "--checkpoint-dir",
+            str(OUT_DIR / "peer-1"), *common), OUT_DIR / "peer-1.log")
+        address = read_join_address(OUT_DIR / "join.txt", bootstrap)
+        second = processes.start(peer_command("--initial-peers", address, "--checkpoint-dir",
+                                              str(OUT_DIR / "peer-2"), *common), OUT_DIR / "peer-2.log")
+        samplers = {"bootstrap peer": TreeSampler(bootstrap, marker="global epoch", period=0.5, memory=True),
+                    "second peer": TreeSampler(second, period=0.5, memory=True)}
+        samplers["bootstrap peer"].wait_events(1, args.timeout)
+        print(f"first global step after {time.monotonic() - samplers['bootstrap peer'].events[0][0]:.0f} s ago",
+              flush=True)
+
+        for index in range(args.joiners):
+            started = time.monotonic()
+            joiner = processes.start(peer_command(
+                "--initial-peers", address, "--checkpoint-dir", str(OUT_DIR / f"joiner-{index}"), *common),
+                OUT_DIR / f"joiner-{index}.log")
+            sampler = samplers[f"joiner {index + 1}"] = TreeSampler(joiner, period=0.5, memory=True)
+            seen = watch_markers(joiner, list(MARKERS), timeout=600)
+            joins.append([seen[marker] - started for marker in MARKERS])
+            print(f"joiner {index + 1}: " + ", ".join(f"{m} {t:.1f} s" for m, t in zip(MARKERS, joins[-1])),
+                  flush=True)
+            time.sleep(5)  # one more micro-step's worth of memory samples
+            sampler.stop()
+            processes.stop(joiner)
+        for sampler in samplers.values():
+            sampler.stop()
+
+    print(f"23M model, micro-batch {args.batch_size} x 256 tokens, target batch {args.target_batch_size}, "
+          f"{args.joiners} late joiners")
+    rows = [[f"joiner {index + 1}", *times] for index, times in enumerate(joins)]
+    rows.append(["median", *[median([times[i] for times in joins]) for i in range(len(MARKERS))]])
+    print_table(["", "s to DHT up", "s to state downloaded", "s to first micro-step"], rows)
+    memory = [[name, sampler.peak_rss / GIB, sampler.peak_pss / GIB] for name, sampler in samplers.items()]
+    print_table(["process tree", "peak RSS sum (GiB)", "peak PSS sum (GiB)"], memory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
