@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench browser catalog clean
+.PHONY: test test-faults demo bench browser catalog clean
 
 $(BIN)/cellmind: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ catalog: $(BIN)/cellmind
 
 test: $(BIN)/cellmind browser $(MO_FILES)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Swarm faults (SIGKILLed peers, restarts, slow links in network namespaces) take minutes: run them on purpose.
+test-faults: $(BIN)/cellmind
+	CELLMIND_FAULT_TESTS=1 $(BIN)/python -m pytest tests/test_faults.py tests/test_slow_links.py $(PYTEST_ARGS)
 
 demo: $(BIN)/cellmind
 	$(BIN)/pip install --quiet -e '.[demo]'

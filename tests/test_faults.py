@@ -59,7 +59,7 @@ class FaultSwarm:
     def start_relay(self, suffix: str = "") -> str:
         relay = self.run.peer(
             "--bootstrap", "--no-train", "--host-maddrs", f"/ip4/127.0.0.1/tcp/{self.ports['relay']}",
-            "--identity", str(self.run.root / "relay" / "identity.key"), log_name=f"relay{suffix}",
+            "--identity", str(self.run.root / "relay" / "identity.key"), log_name=f"relay{suffix}", keep=True,
         )
         self.peers["relay"] = relay
         address = relay.wait_for(JOIN_LINE, START_TIMEOUT).group(1)
@@ -71,7 +71,7 @@ class FaultSwarm:
             "--initial-peers", initial_peer, "--host-maddrs", f"/ip4/127.0.0.1/tcp/{self.ports[name]}",
             "--identity", str(self.run.root / name / "identity.key"),
             "--checkpoint-dir", str(self.run.root / f"{name}-checkpoints"), "--target-batch-size", "256",
-            "--name", name, log_name=f"{name}{suffix}",
+            "--name", name, log_name=f"{name}{suffix}", keep=True,
         )
         self.peers[name] = peer
         return peer
