@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hivemind.p2p import P2P, PeerID
+from hivemind.p2p import P2P, P2PDaemonError, PeerID
 from hivemind.proto import dht_pb2
 from hivemind.utils.auth import AuthorizedRequestBase, AuthorizedResponseBase, AuthorizerBase
 from hivemind.utils.multiaddr import Multiaddr
@@ -259,7 +259,7 @@ def diagnose_join_failure(initial_peers: Sequence[str], swarm_key: SwarmKey | No
     """
     try:
         verdict = asyncio.run(asyncio.wait_for(_probe(initial_peers, swarm_key), PROBE_TIMEOUT))
-    except (asyncio.TimeoutError, OSError, RuntimeError) as error:
+    except (asyncio.TimeoutError, OSError, RuntimeError, P2PDaemonError) as error:  # unreachable: not a key problem
         logger.debug(f"Could not ask the initial peers why the join failed: {error!r}")
         return None
     if verdict == "rejected":
