@@ -24,7 +24,7 @@ pytestmark = [
 TOGETHER_LINE = r"global epoch (\d+) \| loss [\d.]+ \| \d+ samples/s \| 2 peers in last round \| lr "
 JOIN_LINE = r"^\s+cellmind-peer --initial-peers (\S+)$"
 START_TIMEOUT = 180
-STEP_TIMEOUT = 120
+STEP_TIMEOUT = 180
 SHAPES = {
     # delay 40 ms +- 10 ms and 2 % loss each way: a home uplink on a bad day
     "netem": ["netem", "delay", "40ms", "10ms", "loss", "2%"],

@@ -104,6 +104,14 @@ def test_authorizer_accepts_its_key_once_and_rejects_others(tmp_path):
     asyncio.run(exchange())
 
 
+def test_unreachable_peer_is_not_called_a_key_problem(tmp_path):
+    from cellmind.swarm_key import diagnose_join_failure
+
+    address = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/QmbkfC9f4AsupJz4DT3vD2CC2gaHxh8UgtBrSMhFBjYCB6"
+    assert diagnose_join_failure([address], None) is None
+    assert diagnose_join_failure([address], new_key_file(tmp_path / "swarm.key")) is None
+
+
 # a real keyed swarm
 
 
