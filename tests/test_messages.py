@@ -1,14 +1,15 @@
 """Every known failure ends in one localized line that states what went wrong and what to run next.
 
 Commands run in-process through ``main()``/``peer_main()`` in an empty working directory, so that relative paths in
-the messages are the defaults; the port test runs a real ``cellmind-peer`` because the port is taken in this
-process.
+the messages are the defaults. The port test runs a real ``cellmind-peer`` because the port is taken in this
+process, and the private swarm's bootstrap runs as its own process too.
 """
 
 import dataclasses
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,47 @@ def test_config_mismatch(language, tiny_run, swarm_of_another_model, workdir, ca
     ]
     assert peer_main(argv) == 69
     assert last_error_line(capsys) == CONFIG_MISMATCH[language]
+
+
+WRONG_SWARM_KEY = {
+    "en": "error: the swarm rejected this peer: it needs the same --swarm-key file as the other peers (this peer "
+          "has none); copy peers/swarm.key from the device that created it",
+    "ko": "오류: 스웜이 이 피어를 거부했어요: 다른 피어와 같은 --swarm-key 파일이 필요해요(이 피어의 키가 달라요). "
+          "키를 만든 기기에서 peers/swarm.key를 복사하세요",
+}
+
+
+@pytest.fixture(scope="module")
+def private_swarm(tmp_path_factory):
+    """A relay bootstrap of a private swarm, in its own process (a keyed DHT in this process would answer itself)."""
+    root = tmp_path_factory.mktemp("private-swarm")
+    assert main(["--lang", "en", "swarm-key", "new", "--output", str(root / "swarm.key")]) == 0
+    command = [
+        str(PEER_COMMAND), "--bootstrap", "--no-train", "--swarm-key", str(root / "swarm.key"),
+        "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--identity", str(root / "peers" / "identity.key"),
+    ]
+    bootstrap = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        join_file = root / "peers" / "join.txt"
+        deadline = time.monotonic() + 90
+        while not join_file.exists() and time.monotonic() < deadline and bootstrap.poll() is None:
+            time.sleep(0.2)
+        assert join_file.exists(), "the keyed bootstrap wrote no join line"
+        yield join_file.read_text(encoding="utf-8").split()[-1]
+    finally:
+        bootstrap.terminate()
+        bootstrap.wait(timeout=60)
+
+
+@pytest.mark.parametrize("language, key", [("en", None), ("ko", "another.key")])
+def test_wrong_swarm_key(language, key, private_swarm, workdir, capsys):
+    key_arguments = []
+    if key is not None:
+        assert main(["--lang", "en", "swarm-key", "new", "--output", key]) == 0
+        key_arguments = ["--swarm-key", key]
+    argv = ["--lang", language, "--no-train", "--initial-peers", private_swarm, *key_arguments]
+    assert peer_main(argv) == 69
+    assert last_error_line(capsys) == WRONG_SWARM_KEY[language]
 
 
 PYTORCH_OUT_OF_MEMORY = (
