@@ -12,6 +12,7 @@ import hivemind
 import pytest
 from hivemind.proto import dht_pb2
 
+from cellmind.checkpoints import load_checkpoint
 from cellmind.cli import main
 from cellmind.errors import ConfigError, MissingFileError
 from cellmind.swarm import manifest_key
@@ -137,12 +138,18 @@ def test_keyed_swarm_trains_together_and_turns_strangers_away(tiny_run, tmp_path
                            "--target-batch-size", "256", log_name="no-key")
     wrong_key = tiny_run.peer(*joiner_args, "--checkpoint-dir", str(tmp_path / "wrong-key"),
                               "--target-batch-size", "256", "--swarm-key", str(other_path), log_name="wrong-key")
+    pulled = tmp_path / "pulled" / "latest.pt"
+    puller = tiny_run.cellmind("checkpoint", "pull", "--config", str(tiny_run.config_path), "--initial-peers", address,
+                               "--swarm-key", str(key_path), "--output", str(pulled), log_name="keyed-pull")
     for stranger, state in ((no_key, "this peer has none"), (wrong_key, "this peer's key is another one")):
         assert stranger.wait(REJECT_TIMEOUT) != 0
         assert stranger.matches(REJECTED) and stranger.matches(state)
         assert not stranger.matches(r"Traceback")
 
     joiner.wait_for(TOGETHER_LINE, START_TIMEOUT)
+    assert puller.wait(START_TIMEOUT) == 0
+    assert puller.matches(r"Saved the swarm's model at global epoch \d+")
+    assert load_checkpoint(pulled).config["model"]["n_embd"] == 32
     rejections = bootstrap.matches(r"Rejected a DHT request from node (\w+): (.*)")
     by_node = [match.group(1) for match in rejections if match.group(1) != "unknown"]
     assert len(by_node) == len(set(by_node)) >= 2  # once per rejected node, however often it retried
