@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,7 +301,18 @@ def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOpt
       averaged gradients. This triples the bytes of those rare rounds.
     """
     swarm = config.swarm
-    optimizer = CellMindOptimizer(
+    with keep_sigint_handler():
+        optimizer = _create_optimizer(dht, model, config)
+    if optimizer.grad_averager.allow_state_sharing:
+        # Joining peers reset their gradient accumulators anyway, so sending them ours is wasted traffic.
+        optimizer.grad_averager.allow_state_sharing = False
+    copy_model_into_optimizer(optimizer)
+    return optimizer
+
+
+def _create_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOptimizer:
+    swarm = config.swarm
+    return CellMindOptimizer(
         dht=dht,
         run_id=swarm.run_id,
         # hivemind 1.1.12 takes the DHT's mode whenever this is not None, but leaves None in place, and later
@@ -334,11 +345,22 @@ def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOpt
         verbose=False,
         **compression_options(swarm.compression),
     )
-    if optimizer.grad_averager.allow_state_sharing:
-        # Joining peers reset their gradient accumulators anyway, so sending them ours is wasted traffic.
-        optimizer.grad_averager.allow_state_sharing = False
-    copy_model_into_optimizer(optimizer)
-    return optimizer
+
+
+@contextmanager
+def keep_sigint_handler():
+    """Restore this process's SIGINT handler after the block.
+
+    hivemind 1.1.12 sets SIGINT to "ignore" in the calling process whenever it starts an averager, which would
+    make Ctrl-C do nothing for the rest of the run.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 @torch.no_grad()
@@ -586,7 +608,11 @@ class TrainingPeer:
         self._manifest_stored_at = time.monotonic()
         self._rejoined_at = time.monotonic()
 
+        # hivemind 1.1.12's averagers set SIGINT to SIG_IGN in this process when they start (run_in_background),
+        # which would leave Ctrl-C without effect; put back the handler StopSignals installed.
+        sigint_handler = signal.getsignal(signal.SIGINT)
         self.optimizer = make_optimizer(self.dht, self.model, self.config)
+        signal.signal(signal.SIGINT, sigint_handler)
         if self._resumed_optimizer_state is not None:
             self._load_resumed_optimizer_state()
         if sync_with_swarm(self.optimizer, options.load_state_timeout, options.stop_event):
