@@ -22,6 +22,8 @@ from typing import TextIO
 from tqdm import tqdm
 
 DISABLE_VARIABLE = "CELLMIND_NO_PROGRESS"
+FALLBACK_SIZE = (80, 24)
+"""Columns and rows assumed on a terminal that reports no size (some serial consoles and ``script`` sessions)."""
 
 
 def progress_enabled(stream: TextIO | None = None) -> bool:
@@ -43,6 +45,7 @@ def progress_bar(
     ``unit="B"`` scales the numbers to kB/MB. A disabled bar still accepts ``update()``, ``reset()`` and
     ``set_description()``, so callers never branch on it. Use it as a context manager so it is closed.
     """
+    known_size = _terminal_reports_size()
     return tqdm(
         total=total,
         desc=description,
@@ -50,10 +53,21 @@ def progress_bar(
         unit_scale=unit == "B",
         file=sys.stderr,
         disable=not (enabled and progress_enabled()),
-        dynamic_ncols=True,
+        dynamic_ncols=known_size,
+        ncols=None if known_size else FALLBACK_SIZE[0],
+        nrows=None if known_size else FALLBACK_SIZE[1],
         leave=False,
         **options,
     )
+
+
+def _terminal_reports_size() -> bool:
+    """Whether stderr's terminal reports its size; tqdm draws nothing on one that reports 0 columns or rows."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return size.columns > 0 and size.lines > 0
 
 
 @contextlib.contextmanager

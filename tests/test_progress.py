@@ -17,10 +17,10 @@ from cellmind.progress import DISABLE_VARIABLE, progress_bar, progress_enabled, 
 class PseudoTerminal:
     """A pseudo-terminal that replaces stderr. Call ``attach()`` in the test body, because pytest resets stderr before it."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, columns: int = 100, rows: int = 24):
         self.monkeypatch = monkeypatch
         self.leader, follower = os.openpty()
-        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty has 0 columns
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         self.stream = open(follower, "w", encoding="utf-8", buffering=1)
 
     def attach(self) -> None:
@@ -84,3 +84,15 @@ def test_environment_variable_turns_progress_off(terminal, monkeypatch):
     with progress_bar(total=2, description="tokenizing") as bar:
         bar.update(2)
     assert terminal.read() == ""
+
+
+def test_bar_draws_without_terminal_size(monkeypatch):
+    terminal = PseudoTerminal(monkeypatch, columns=0, rows=0)  # what a new pty, or `script` without a terminal, reports
+    try:
+        terminal.attach()
+        monkeypatch.delenv(DISABLE_VARIABLE, raising=False)
+        with progress_bar(total=4, description="tokenizing train.jsonl") as bar:
+            bar.update(4)
+        assert "tokenizing train.jsonl" in terminal.read()
+    finally:
+        terminal.close()
