@@ -21,6 +21,7 @@ from cellmind.peer import (
     LOAD_STATE_TIMEOUT,
     SnapshotStateAverager,
     compression_options,
+    keep_sigint_handler,
     new_model,
     optimizer_factory,
     parameter_digest,
@@ -95,38 +96,11 @@ def _wait_for_manifest(dht, run_id: str, deadline: float) -> RunManifest:
 def _download(dht, config: Config, manifest: RunManifest, deadline: float) -> Checkpoint:
     """Build the training peer's model and optimizer, fill them from a peer, and return them as a Checkpoint."""
     model = new_model(config, manifest.vocab_size)
-    # Hivemind names its RPC handlers after the averager class, so the puller uses the peers' class.
-    averager = SnapshotStateAverager(
-        snapshot_lock=threading.Lock(),
-        dht=dht,
-        optimizer=optimizer_factory(config),
-        params=parameter_groups(model, config.training.weight_decay),
-        scheduler=scheduler_factory(config),  # its ``initial_lr`` entries make the state layout match the peers'
-        prefix=f"{config.swarm.run_id}_state_averager",
-        state_compression=compression_options(config.swarm.compression)["load_state_compression"],
-        offload_optimizer=False,
-        start=True,
-    )
+    with keep_sigint_handler():
+        averager = _make_averager(dht, config, model)
     try:
-        # A successful download sets local_epoch to the sender's global epoch (0 or more), so -1 marks "not yet".
-        averager.local_epoch = -1
-        while averager.local_epoch < 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SwarmError(
-                    _(
-                        "could not download the swarm's state within the timeout; the training peers may be busy "
-                        "or unreachable from here; try again or raise --timeout"
-                    )
-                )
-            try:
-                averager.load_state_from_peers(timeout=remaining)
-            except TimeoutError:
-                continue
-            if averager.local_epoch < 0:
-                time.sleep(min(RETRY_PERIOD, max(0.0, deadline - time.monotonic())))
+        global_epoch = _load_state(averager, deadline)
         optimizer_state = averager.optimizer.state_dict()
-        global_epoch = averager.local_epoch
     finally:
         averager.shutdown()
 
@@ -138,6 +112,43 @@ def _download(dht, config: Config, manifest: RunManifest, deadline: float) -> Ch
     checkpoint.optimizer_state = optimizer_state
     logger.info(f"Pulled global epoch {global_epoch}, parameter digest {parameter_digest(checkpoint.model_state)}")
     return checkpoint
+
+
+def _make_averager(dht, config: Config, model) -> SnapshotStateAverager:
+    # Hivemind names its RPC handlers after the averager class, so the puller uses the peers' class.
+    return SnapshotStateAverager(
+        snapshot_lock=threading.Lock(),
+        dht=dht,
+        optimizer=optimizer_factory(config),
+        params=parameter_groups(model, config.training.weight_decay),
+        scheduler=scheduler_factory(config),  # its ``initial_lr`` entries make the state layout match the peers'
+        prefix=f"{config.swarm.run_id}_state_averager",
+        state_compression=compression_options(config.swarm.compression)["load_state_compression"],
+        offload_optimizer=False,
+        start=True,
+    )
+
+
+def _load_state(averager: SnapshotStateAverager, deadline: float) -> int:
+    """Download state into ``averager`` until one download succeeds; return the global epoch it came from."""
+    # A successful download sets local_epoch to the sender's global epoch (0 or more), so -1 marks "not yet".
+    averager.local_epoch = -1
+    while averager.local_epoch < 0:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SwarmError(
+                _(
+                    "could not download the swarm's state within the timeout; the training peers may be busy "
+                    "or unreachable from here; try again or raise --timeout"
+                )
+            )
+        try:
+            averager.load_state_from_peers(timeout=remaining)
+        except TimeoutError:
+            continue
+        if averager.local_epoch < 0:
+            time.sleep(min(RETRY_PERIOD, max(0.0, deadline - time.monotonic())))
+    return averager.local_epoch
 
 
 def pull_and_save(
