@@ -1,7 +1,7 @@
 """``cellmind monitor`` against a real swarm on 127.0.0.1: peers in separate processes, the viewer as the CLI.
 
 One swarm serves the whole module: two peers start, the JSON snapshot and the web page (in headless Chromium) are
-checked on them, then a third peer joins and one is killed, and last the viewer restarts. The tests run in file
+checked on them, then the viewer restarts while a third peer joins, and one peer is killed. The tests run in file
 order for that reason. Processes a test starts itself end with it (``tests/conftest.py`` reaps them).
 Peers are ``tests/monitor_peer.py``: a tiny model under ``hivemind.Optimizer`` with CellMind's metrics publisher.
 """
@@ -160,13 +160,16 @@ def test_once_json_lists_both_peers_training(swarm):
     assert peer_names(first) == {"alpha", "beta"}
     first_epochs = {peer["name"]: peer["local_epoch"] for peer in first["peers"]}
 
-    def advanced():
-        snapshot = once_json(swarm["address"])
+    def advanced():  # polled on the running viewer again; then one more --once run must show it too
+        snapshot = web_state(swarm["url"])["snapshot"]
         epochs = {peer["name"]: peer["local_epoch"] for peer in snapshot["peers"]}
-        return snapshot if epochs.keys() == first_epochs.keys() and all(
-            epochs[name] > first_epochs[name] for name in epochs) else None
+        return epochs.keys() == first_epochs.keys() and all(epochs[name] > first_epochs[name] for name in epochs)
 
-    second = wait_until(advanced, timeout=60, interval=1)
+    wait_until(advanced, timeout=60, describe=lambda: web_state(swarm["url"])["snapshot"])
+    second = once_json(swarm["address"])
+    assert {peer["name"]: peer["local_epoch"] > first_epochs[peer["name"]] for peer in second["peers"]} == {
+        "alpha": True, "beta": True,
+    }
     epochs = [peer["local_epoch"] for peer in second["peers"]]
     assert max(epochs) <= second["global_epoch"] <= min(epochs) + 2  # records are up to one period old
     assert second["num_peers"] == 2
@@ -222,27 +225,27 @@ def painted_pixels(page, canvas_id: str) -> int:
     )
 
 
-def test_joining_peer_appears_and_killed_peer_disappears(swarm):
-    processes, url = swarm["processes"], swarm["url"]
-    start_peer(processes, "gamma", [swarm["address"]])
+def test_restarted_viewer_sees_peer_join_and_leave(swarm):
+    processes = swarm["processes"]
 
+    # restart the viewer while a third peer starts; killed, it kept only what it had appended to its history
+    before = len(web_state(swarm["url"])["series"]["training_loss"])
+    assert before >= 1
+    processes.kill("viewer")
+    processes.started["viewer"].wait(10)
+    start_peer(processes, "gamma", [swarm["address"]])
+    url = start_viewer(processes, "viewer-restarted", swarm["address"], swarm["history"])
+    assert len(web_state(url)["series"]["training_loss"]) >= before
+
+    # the third peer appears
     def names_now():
         snapshot = web_state(url)["snapshot"]
         return peer_names(snapshot) if snapshot else set()
 
     wait_until(lambda: names_now() == {"alpha", "beta", "gamma"}, timeout=90, describe=names_now)
 
+    # a killed peer disappears once its last record expires
     processes.kill("beta")
     killed_at = time.monotonic()
     wait_until(lambda: names_now() == {"alpha", "gamma"}, timeout=30, describe=names_now)
     assert time.monotonic() - killed_at >= METRICS_EXPIRATION - 1.5  # it left by expiry, not by a clean exit
-
-
-def test_restarted_viewer_keeps_history(swarm):
-    processes = swarm["processes"]
-    before = len(web_state(swarm["url"])["series"]["training_loss"])
-    assert before >= 1
-    processes.kill("viewer")  # no clean exit: every refresh must already be on disk
-    processes.started["viewer"].wait(10)
-    url = start_viewer(processes, "viewer-restarted", swarm["address"], swarm["history"])
-    assert len(web_state(url)["series"]["training_loss"]) >= before

@@ -113,7 +113,7 @@ def parse_records(values: Mapping, model, rejected: Rejected) -> dict:
 def decode_peer_id(raw: bytes) -> Optional[str]:
     try:
         return PeerID(raw).to_base58()
-    except Exception:  # any undecodable id: the row falls back to its subkey
+    except Exception:  # libp2p raises several types for bad bytes; the row then shows the id in hex
         return None
 
 
