@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.swarm, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.swarm, pytest.mark.timeout(300)]
 
 RUN_ID = "monitor-e2e"
 PEER_SCRIPT = Path(__file__).with_name("monitor_peer.py")
