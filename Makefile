@@ -19,10 +19,11 @@ $(BIN)/cellmind: pyproject.toml setup.py
 	touch $@
 
 # The browser test drives Debian's chromium through Playwright; nothing downloads a browser at run time.
+# fonts-nanum gives the page's Korean text real glyphs in the test's screenshots.
 browser:
-	@if [ ! -x /usr/bin/chromium ]; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-		else echo "chromium is missing: run 'sudo apt-get install chromium' for the browser test"; fi; \
+	@if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/fonts/truetype/nanum ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum >/dev/null; \
+		else echo "chromium or fonts-nanum is missing: run 'sudo apt-get install chromium fonts-nanum' for the browser test"; fi; \
 	fi
 
 # Compiled catalogs follow their .po files, also in an editable install made before the .po last changed.
