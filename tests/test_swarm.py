@@ -158,7 +158,12 @@ def test_sigterm_leaves_no_p2pd_and_restart_keeps_address(swarm):
     assert [child.pid for child in alive] == []
     old.kill_group()
 
+    restarted_at = len(swarm.joiner.lines)
     swarm.bootstrap = swarm.run.peer(*swarm.bootstrap_args, log_name="bootstrap-restarted", keep=True)
     assert swarm.bootstrap.wait_for(JOIN_LINE, START_TIMEOUT).group(1) == swarm.address
     swarm.bootstrap.wait_for(r"Resuming from", START_TIMEOUT)
-    swarm.bootstrap.wait_for(TOGETHER_LINE, START_TIMEOUT)
+
+    # The joiner is back in the swarm once it averages with the bootstrap or downloads the bootstrap's state.
+    bootstrap_id = swarm.address.rsplit("/p2p/", 1)[1]
+    rejoined = rf"(\| 2 peers in last round \||Downloading parameters from peer {bootstrap_id})"
+    swarm.joiner.wait_for(rejoined, START_TIMEOUT, start=restarted_at)
