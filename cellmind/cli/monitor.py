@@ -15,12 +15,14 @@ from pathlib import Path
 from rich.console import Console
 
 from cellmind.cli import add_common_arguments
+from cellmind.cli.swarm_key import add_swarm_key_argument
 from cellmind.config import load_config
 from cellmind.errors import ConfigError
 from cellmind.i18n import _
 from cellmind.monitor.history import default_history_path
 from cellmind.monitor.viewer import MonitorOptions, print_once, watch
 from cellmind.monitor.web import parse_address
+from cellmind.swarm_key import load_optional_swarm_key
 
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
 
@@ -40,6 +42,7 @@ def register(subparsers) -> None:
         "--initial-peers", nargs="+", metavar="MULTIADDR", help=_("any peers of the swarm (default: the config's)")
     )
     parser.add_argument("--run-id", help=_("run to watch (default: the config's swarm.run_id)"))
+    add_swarm_key_argument(parser)
     parser.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS",
         help=_("seconds one read from the swarm may take (default: %(default)s)"),
@@ -129,4 +132,5 @@ def build_options(args: argparse.Namespace) -> MonitorOptions:
         history_path=history_path,
         tensorboard_dir=args.tensorboard,
         request_timeout=args.timeout,
+        swarm_key=load_optional_swarm_key(args.swarm_key),
     )

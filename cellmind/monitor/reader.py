@@ -13,6 +13,7 @@ from cellmind.i18n import _
 from cellmind.metrics import dht_validators, metrics_key, progress_key
 from cellmind.monitor.aggregate import Snapshot, build_snapshot
 from cellmind.monitor.validation import CountingValidator
+from cellmind.swarm_key import SwarmKey, diagnose_join_failure, namespaced_run_id
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class SwarmReader:
     :param target_batch_size: shown when no peer publishes the run's target batch size
     :param request_timeout: seconds one DHT read may take before the snapshot is built from what arrived
     :param join_timeout: seconds to wait for the DHT node to start and reach an initial peer
+    :param swarm_key: the key of a private swarm (``--swarm-key``); it signs the DHT requests and names the run
     """
 
     def __init__(
@@ -35,10 +37,12 @@ class SwarmReader:
         target_batch_size: Optional[int] = None,
         request_timeout: float = 10.0,
         join_timeout: float = JOIN_TIMEOUT,
+        swarm_key: Optional[SwarmKey] = None,
     ):
+        run_id = namespaced_run_id(run_id, swarm_key)
         self.run_id, self.target_batch_size, self.request_timeout = run_id, target_batch_size, request_timeout
         self.validator = CountingValidator(dht_validators(run_id))
-        self.dht = _start_client_dht(validate_initial_peers(initial_peers), self.validator, join_timeout)
+        self.dht = _start_client_dht(validate_initial_peers(initial_peers), self.validator, join_timeout, swarm_key)
         self.peer_id = self.dht.peer_id.to_base58()
         self._manifest: Optional[RunManifest] = None
 
@@ -74,7 +78,9 @@ class SwarmReader:
         return found.value if found is not None else None
 
 
-def _start_client_dht(initial_peers: list[str], validator: CountingValidator, join_timeout: float) -> hivemind.DHT:
+def _start_client_dht(
+    initial_peers: list[str], validator: CountingValidator, join_timeout: float, swarm_key: Optional[SwarmKey] = None
+) -> hivemind.DHT:
     """Start a client-mode DHT node that has joined through ``initial_peers``, or raise SwarmError."""
     dht = hivemind.DHT(
         initial_peers=initial_peers,
@@ -82,6 +88,7 @@ def _start_client_dht(initial_peers: list[str], validator: CountingValidator, jo
         record_validators=[validator],
         startup_timeout=join_timeout,
         start=False,
+        authorizer=swarm_key.authorizer() if swarm_key is not None else None,
     )
     try:
         dht.run_in_background(await_ready=True, timeout=join_timeout)
@@ -89,6 +96,9 @@ def _start_client_dht(initial_peers: list[str], validator: CountingValidator, jo
         if dht.is_alive():
             dht.terminate()
             dht.join(5)
+        rejected = diagnose_join_failure(initial_peers, swarm_key)
+        if rejected is not None:
+            raise rejected from None
         raise SwarmError(
             _(
                 "could not join the swarm through {addresses} ({reason}); check that the address is the one a "

@@ -22,6 +22,7 @@ from cellmind.monitor.history import History
 from cellmind.monitor.reader import SwarmReader
 from cellmind.monitor.terminal import render
 from cellmind.monitor.web import MonitorState, WebServer
+from cellmind.swarm_key import SwarmKey
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class MonitorOptions:
     tensorboard_dir: Optional[Path] = None
     request_timeout: float = 10.0
     """Seconds one DHT read may take."""
+    swarm_key: Optional[SwarmKey] = None
+    """The key of a private swarm (``--swarm-key``)."""
 
 
 def print_once(options: MonitorOptions, as_json: bool, console: Console) -> None:
@@ -48,6 +51,7 @@ def print_once(options: MonitorOptions, as_json: bool, console: Console) -> None
         options.initial_peers,
         target_batch_size=options.target_batch_size,
         request_timeout=options.request_timeout,
+        swarm_key=options.swarm_key,
     )
     try:
         snapshot = reader.snapshot()
@@ -76,6 +80,7 @@ def watch(options: MonitorOptions, console: Console) -> None:
             options.initial_peers,
             target_batch_size=options.target_batch_size,
             request_timeout=options.request_timeout,
+            swarm_key=options.swarm_key,
         )
         with Live(console=console, auto_refresh=False, redirect_stderr=False) as live:
             while True:
