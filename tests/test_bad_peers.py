@@ -8,6 +8,7 @@ averages or roll back to their last good state, keep finite parameters, and keep
 
 import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ BAD_PEER_TIMEOUT = 90
 
 def losses(peer, first_line: int = 0, last_line: int | None = None) -> list[float]:
     lines = peer.lines[first_line:last_line]
-    return [float(match.group(2)) for line in lines if (match := __import__("re").search(STEP_LINE, line))]
+    return [float(match.group(2)) for line in lines if (match := re.search(STEP_LINE, line))]
 
 
 def start_bad_peer(tiny_run, monkeypatch, address: str, mode: str, name: str):

@@ -9,6 +9,7 @@ runs only with ``CELLMIND_FAULT_TESTS=1``.
 """
 
 import os
+import re
 import signal
 
 import pytest
@@ -35,7 +36,7 @@ STEP_TIMEOUT = 60
 
 
 def step_epochs(peer, start: int = 0) -> list[int]:
-    return [int(m.group(1)) for m in (__import__("re").search(STEP_LINE, line) for line in peer.lines[start:]) if m]
+    return [int(m.group(1)) for m in (re.search(STEP_LINE, line) for line in peer.lines[start:]) if m]
 
 
 def digest_at(peer, epoch: int, timeout: float = STEP_TIMEOUT) -> str:
