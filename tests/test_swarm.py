@@ -108,7 +108,8 @@ def test_late_joiner_has_swarm_state(swarm):
 def test_peers_hold_same_parameters_after_global_step(swarm):
     # Right after a join, peers may take a few steps apart until each detects the other (Hivemind then proceeds
     # with local gradients). The next averaging of parameters and Adam's moments pulls them together, and from
-    # then on each averaged global step keeps them equal, up to rounding in Hivemind's all-reduce.
+    # then on each averaged global step keeps them equal, up to rounding in Hivemind's all-reduce: gradients travel
+    # as fp16 there, so each peer's Adam update differs from the others' by about 1e-6 after a few steps.
     first_together = int(swarm.joiner.wait_for(TOGETHER_LINE, STEP_TIMEOUT).group(1))
     after_averaging = (first_together // AVERAGE_STATE_EVERY + 1) * AVERAGE_STATE_EVERY + 1
     for epoch in (after_averaging, after_averaging + 1):
@@ -119,7 +120,7 @@ def test_peers_hold_same_parameters_after_global_step(swarm):
         bootstrap = load_checkpoint(swarm.checkpoint_dir("boot") / numbered_name(epoch)).model_state
         assert joiner.keys() == bootstrap.keys()
         for name in joiner:
-            torch.testing.assert_close(joiner[name], bootstrap[name], rtol=0, atol=1e-6, msg=name)
+            torch.testing.assert_close(joiner[name], bootstrap[name], rtol=0, atol=1e-5, msg=name)
 
 
 def test_checkpoint_pull_gives_swarm_parameters(swarm, tiny_run):
