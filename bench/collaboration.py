@@ -13,9 +13,9 @@ samples per optimizer step, micro-batches of 8) and learning-rate schedule, one 
   This file runs the ranks itself (``--ddp-rank``).
 
 Every setup validates on the same 8 validation batches every 2 optimizer steps (and saves a checkpoint then, as
-the peers do). Time to target is measured from the first process's start of training (the peer's "before
-training" log line, DDP's first step) to the first validation loss at or below ``--target-loss``; process
-start-up before that is reported apart. The model is small (2 layers, 128 wide, 64-token context, 1.2M
+the peers do). The clock starts when the first process starts training: the peer's "before training" log line,
+or DDP's first step. It stops at the first validation loss at or below ``--target-loss``, so process start-up
+is not counted. The model is small (2 layers, 128 wide, 64-token context, 1.2M
 parameters) so that every setup reaches the target within minutes on two shared cores; its compute per
 optimizer step is far smaller than the 23M model's, which makes the averaging overhead weigh more here.
 
@@ -74,7 +74,7 @@ def make_config(target_batch_size: int, run_id: str, compression: str):
 
 
 def ddp_rank(config_path: str, rank: int, port: int, max_steps: int) -> None:
-    """One DDP rank: print a JSON line per optimizer step and, on rank 0, per validation."""
+    """Train as one DDP rank; print a JSON line per optimizer step and, on rank 0, per validation."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel

@@ -241,6 +241,19 @@ def now_seconds() -> float:
     return moment.hour * 3600 + moment.minute * 60 + moment.second + moment.microsecond / 1e6
 
 
+def tree_cpu_breakdown(pid: int) -> dict[str, float]:
+    """CPU seconds of a process tree split into the root process, its p2pd and its other (forked) processes."""
+    parts = {"main process": 0.0, "p2pd": 0.0, "forked processes": 0.0}
+    for process in _tree(pid):
+        try:
+            times = process.cpu_times()
+            part = "main process" if process.pid == pid else "p2pd" if process.name() == "p2pd" else "forked processes"
+            parts[part] += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return parts
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its live descendants."""
     total = 0.0
@@ -283,6 +296,7 @@ class TreeSampler:
 
         self.process, self.marker, self.period, self.memory = process, marker, period, memory
         self.events: list[tuple[float, float, str]] = []
+        self.breakdowns: list[dict[str, float]] = []  # tree_cpu_breakdown at each event
         self.peak_rss = self.peak_pss = 0
         self._offset = 0
         self._stop = threading.Event()
@@ -308,8 +322,9 @@ class TreeSampler:
         self._offset += len(complete.encode("utf-8"))
         lines = [line for line in complete.splitlines() if self.marker in line]
         if lines:
-            now, cpu = time.monotonic(), tree_cpu_seconds(self.process.pid)
-            self.events.extend((now, cpu, line) for line in lines)
+            now, breakdown = time.monotonic(), tree_cpu_breakdown(self.process.pid)
+            self.events.extend((now, sum(breakdown.values()), line) for line in lines)
+            self.breakdowns.extend(breakdown for _line in lines)
 
     def wait_events(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout

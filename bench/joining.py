@@ -5,9 +5,9 @@
 
 A bootstrap peer and a second peer train the 23M-parameter model together (default micro-batch of 8 windows of
 256 tokens, target batch 32, so that global steps happen within minutes). After their first global step, late
-joiners start one after the other. For each, the table gives the seconds from starting the process to its DHT
-node being up, to having downloaded the swarm's parameters, optimizer statistics and global epoch ("Joined the
-swarm"), and to the start of its first micro-step (the "before training" log line).
+joiners start one after the other. For each, the table gives three times, counted from starting the process:
+its DHT node is up; it has downloaded the swarm's parameters, optimizer statistics and global epoch ("Joined
+the swarm"); it starts its first micro-step (the "before training" log line).
 
 The same run records the peak memory of each training peer's whole process tree (the training process, its
 forked DHT and averager processes and p2pd), sampled twice a second through averaging rounds and the state
@@ -16,6 +16,7 @@ the sum of PSS, which divides shared pages among the processes that map them.
 """
 
 import argparse
+import shutil
 import sys
 import time
 
@@ -39,6 +40,7 @@ def main() -> int:
     args = parser.parse_args()
     print_machine("Joining a running 2-peer swarm of the 23M model; memory of training peers", "1 per peer")
 
+    shutil.rmtree(OUT_DIR, ignore_errors=True)  # peers would resume checkpoints left by an earlier run
     config = write_config(OUT_DIR / "config.json", ensure_corpus(),
                           training={"batch_size": args.batch_size, "checkpoint_every": 1000},
                           swarm={"target_batch_size": args.target_batch_size, "run_id": "bench-joining"})
@@ -51,11 +53,10 @@ def main() -> int:
         address = read_join_address(OUT_DIR / "join.txt", bootstrap)
         second = processes.start(peer_command("--initial-peers", address, "--checkpoint-dir",
                                               str(OUT_DIR / "peer-2"), *common), OUT_DIR / "peer-2.log")
-        samplers = {"bootstrap peer": TreeSampler(bootstrap, marker="global epoch", period=0.5, memory=True),
+        samplers = {"bootstrap peer": TreeSampler(bootstrap, marker=" | loss ", period=0.5, memory=True),
                     "second peer": TreeSampler(second, period=0.5, memory=True)}
         samplers["bootstrap peer"].wait_events(1, args.timeout)
-        print(f"first global step after {time.monotonic() - samplers['bootstrap peer'].events[0][0]:.0f} s ago",
-              flush=True)
+        print(f"first global step: {samplers['bootstrap peer'].events[0][2]}", flush=True)
 
         for index in range(args.joiners):
             started = time.monotonic()

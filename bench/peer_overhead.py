@@ -15,6 +15,7 @@ medians. Tokens per CPU second show the overhead independently of other load on 
 
 import argparse
 import json
+import shutil
 import sys
 import time
 
@@ -72,6 +73,7 @@ def measure_bare(processes: Processes, config_path, steps: int, tokens_per_step:
 
 def measure_peer(processes: Processes, config_path, steps: int, tokens_per_step: int, index: int):
     peer_dir = OUT_DIR / f"peer-{index}"
+    shutil.rmtree(peer_dir, ignore_errors=True)  # a checkpoint left there would be resumed
     command = peer_command(
         "--bootstrap", "--config", str(config_path), "--threads", "1", "--max-steps", str(steps),
         "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--identity", str(peer_dir / "identity.key"),
@@ -79,13 +81,17 @@ def measure_peer(processes: Processes, config_path, steps: int, tokens_per_step:
         "--checkpoint-every", "100000", "--name", "overhead",
     )
     process = processes.start(command, OUT_DIR / f"peer-{index}.log")
-    sampler = TreeSampler(process, marker="global epoch", period=0.05)
+    sampler = TreeSampler(process, marker=" | loss ", period=0.05)
     try:
         sampler.wait_events(steps, timeout=3600)
     finally:
         sampler.stop()
         processes.stop(process)
     (first_time, first_cpu, _), (last_time, last_cpu, _) = sampler.events[0], sampler.events[steps - 1]
+    first, last = sampler.breakdowns[0], sampler.breakdowns[steps - 1]
+    shares = {part: (last[part] - first[part]) / (last_cpu - first_cpu) for part in first}
+    print(f"peer {index + 1}: share of its CPU time: " + ", ".join(f"{p} {v:.1%}" for p, v in shares.items()),
+          flush=True)
     tokens = tokens_per_step * (steps - 1)
     return tokens / (last_time - first_time), tokens / (last_cpu - first_cpu)
 
