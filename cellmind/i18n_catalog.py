@@ -79,7 +79,10 @@ def read_catalog(path: Path, language: str) -> Catalog:
 def update_catalog(language: str) -> Catalog:
     """Merge the extracted messages into the language's .po (keeping translations), write it, and return it."""
     catalog = read_catalog(po_path(language), language)
+    before = ({message.id for message in catalog}, catalog.creation_date)
     catalog.update(extract_template(), no_fuzzy_matching=True, update_header_comment=False)
+    if {message.id for message in catalog} == before[0]:
+        catalog.creation_date = before[1]  # no new or removed message: keep the file free of a date-only change
     catalog.msgid_bugs_address = ""
     catalog.last_translator = catalog.language_team = "CellMind developers"
     catalog.obsolete.clear()  # removed messages go; git history keeps their old translations
