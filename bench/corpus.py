@@ -2,12 +2,13 @@
 
     python bench/corpus.py            # writes bench/work/{raw,data,tokenizer}/ once; --force redoes it
 
-The 11,823 question/answer pairs of ChatbotData.csv (the Korean chatbot data set next to this checkout, under
-../shared/data/chatbot_data/) become a KakaoTalk PC CSV export (``Date,User,Message``) between two invented
-speakers: each pair is two consecutive messages one minute apart, and every ``PAIRS_PER_SESSION`` pairs a
-three-hour silence ends a conversation session. The pairs are shuffled with a fixed seed first, so that the
-validation split (the latest sessions) is drawn from all topics. Then ``cellmind prepare`` and ``cellmind tokenizer
-train --vocab-size 8000`` (``auto`` if the text cannot support 8000 pieces) run as a user would run them.
+The 11,823 question/answer pairs of the Korean chatbot data set ``ChatbotData.csv`` (hand-written informal
+Korean, MIT licensed, from the songys/Chatbot_data repository; ``SOURCE_CSV`` is where this checkout finds it)
+become a KakaoTalk PC CSV export (``Date,User,Message``) between two invented speakers. Each pair is two
+consecutive messages one minute apart, and after every ``PAIRS_PER_SESSION`` pairs a three-hour silence ends a
+conversation session. The pairs are shuffled with a fixed seed first, so that the validation split (the latest
+sessions) is drawn from all topics. Then ``cellmind prepare`` and ``cellmind tokenizer train --vocab-size
+8000`` (``auto`` if the text cannot support 8000 pieces) run as a user would run them.
 Other benchmarks call :func:`ensure_corpus` and :func:`write_config`.
 """
 
