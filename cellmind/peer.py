@@ -236,7 +236,8 @@ class CellMindOptimizer(hivemind.Optimizer):
     """``hivemind.Optimizer`` that shares consistent state and remembers the size of its last averaging round.
 
     NOTE: this overrides private methods of hivemind 1.1.12's Optimizer (``_make_state_averager``,
-    ``_update_global_epoch``, ``_average_gradients_and_load_into_optimizer``); recheck them when upgrading.
+    ``_maybe_schedule_gradient_averaging``, ``_update_global_epoch``, ``_average_gradients_and_load_into_optimizer``);
+    recheck them when upgrading.
     """
 
     last_round_size: int = 1
@@ -264,6 +265,14 @@ class CellMindOptimizer(hivemind.Optimizer):
             start=True,
             **kwargs,
         )
+
+    def _maybe_schedule_gradient_averaging(self) -> None:
+        # Alone, a pre-scheduled round only polls the DHT for a group it cannot find, which kept the DHT and
+        # gradient averager processes about half a core busy (bench/peer_overhead.py). The step still averages
+        # without a pre-scheduled round once the tracker sees another peer.
+        if self.tracker.global_progress.num_peers <= 1:
+            return
+        super()._maybe_schedule_gradient_averaging()
 
     def _update_global_epoch(self, grad_scaler) -> None:
         self.last_round_size = 1
