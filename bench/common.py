@@ -26,7 +26,7 @@ WORK_DIR = BENCH_DIR / "work"
 
 
 def cpu_model() -> str:
-    """The ``Model name`` line of ``lscpu``, or the platform's processor string when lscpu is missing."""
+    """Return the ``Model name`` line of ``lscpu``, or the platform's processor string when lscpu is missing."""
     if shutil.which("lscpu"):
         output = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         for line in output.splitlines():
@@ -103,7 +103,7 @@ def python_command(*arguments: str) -> list[str]:
 
 
 def peer_command(*arguments: str) -> list[str]:
-    """The ``cellmind-peer`` command line run with this interpreter, so the benchmark's venv is used."""
+    """Return the ``cellmind-peer`` command line for this interpreter, so that the benchmark's venv is used."""
     return [sys.executable, "-c", "import sys; from cellmind.cli import peer_main; sys.exit(peer_main())", *arguments]
 
 
@@ -209,7 +209,7 @@ def wait_for_line(process: subprocess.Popen, pattern: str, timeout: float, start
 
 
 def read_join_address(join_file: Path, process: subprocess.Popen, timeout: float = 120.0) -> str:
-    """The first multiaddr of a bootstrap's join line, once it has written ``join.txt``."""
+    """Return the first multiaddr of a bootstrap's join line, once it has written ``join.txt``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -247,7 +247,12 @@ def tree_cpu_breakdown(pid: int) -> dict[str, float]:
     for process in _tree(pid):
         try:
             times = process.cpu_times()
-            part = "main process" if process.pid == pid else "p2pd" if process.name() == "p2pd" else "forked processes"
+            if process.pid == pid:
+                part = "main process"
+            elif process.name() == "p2pd":
+                part = "p2pd"
+            else:
+                part = "forked processes"
             parts[part] += times.user + times.system
         except psutil.NoSuchProcess:
             pass
@@ -285,7 +290,7 @@ def tree_memory(pid: int) -> tuple[int, int]:
 class TreeSampler:
     """Poll a process tree's CPU time and memory and watch its log for lines containing ``marker``, in a thread.
 
-    ``events`` holds ``(monotonic time, tree CPU seconds, line)`` for each new marker line, seen within one
+    ``events`` contains ``(monotonic time, tree CPU seconds, line)`` for each new marker line, seen within one
     polling period (``period`` seconds) of being written; ``peak_rss`` and ``peak_pss`` are the largest tree
     sums seen (PSS only with ``memory=True``, because reading it costs a few milliseconds per process).
     """

@@ -88,7 +88,7 @@ def main() -> int:
             wall.setdefault(name, []).append(per_wall)
             cpu.setdefault(name, []).append(per_cpu)
 
-    mean_context = (PROMPT_TOKENS + args.new_tokens) // 2  # the cache holds from ~16 to 256 tokens over the run
+    mean_context = (PROMPT_TOKENS + args.new_tokens) // 2  # the cache contains from ~16 to 256 tokens over the run
     per_token = bytes_per_cached_token(model, mean_context)
     print(f"model: {model.num_parameters():,} parameters (fp32), {PROMPT_TOKENS}-token prompt, {args.new_tokens} new "
           f"greedy tokens, {args.repeats} repetitions; one cached step reads {per_token / 1e6:.1f} MB")
