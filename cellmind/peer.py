@@ -231,6 +231,16 @@ class SnapshotStateAverager(TrainingStateAverager):
             metadata, tensors, infos = super().get_current_state()
             return metadata, [tensor.detach().clone() for tensor in tensors], infos
 
+    def load_state_from_peers(self, **kwargs):
+        # hivemind 1.1.12 catches a download with too few optimizer statistics only as StopIteration; a stream
+        # cut short can also end in IndexError inside load_optimizer_state. Nothing has been copied at that point
+        # and local_epoch is unchanged, so the caller's loop downloads again as after any failed attempt.
+        try:
+            return super().load_state_from_peers(**kwargs)
+        except IndexError as error:
+            logger.warning(f"Discarded an incomplete state download ({error!r}); trying again")
+            return None
+
 
 class CellMindOptimizer(hivemind.Optimizer):
     """``hivemind.Optimizer`` that shares consistent state and remembers the size of its last averaging round.

@@ -132,7 +132,11 @@ def test_checkpoint_pull_gives_swarm_parameters(swarm, tiny_run):
     assert puller.wait(START_TIMEOUT) == 0
     checkpoint = load_checkpoint(output)
     assert checkpoint.global_epoch >= ALONE_EPOCHS
-    assert parameter_digest(checkpoint.model_state) == digest_at(swarm.bootstrap, checkpoint.global_epoch)
+    # Either training peer may send the state, and their parameters differ by fp16 all-reduce rounding, so
+    # the pulled parameters are compared with those of the peer that sent them.
+    sender = puller.matches(r"Downloading parameters from peer (\w+)")[-1].group(1)
+    source = swarm.bootstrap if sender == swarm.address.rsplit("/p2p/", 1)[1] else swarm.joiner
+    assert parameter_digest(checkpoint.model_state) == digest_at(source, checkpoint.global_epoch)
     assert checkpoint.optimizer_state["state"]["local_epoch"] == checkpoint.global_epoch
     assert checkpoint.config["model"]["n_embd"] == 32
 
@@ -167,4 +171,6 @@ def test_sigterm_leaves_no_p2pd_and_restart_keeps_address(swarm):
     # The joiner is back in the swarm once it averages with the bootstrap or downloads the bootstrap's state.
     bootstrap_id = swarm.address.rsplit("/p2p/", 1)[1]
     rejoined = rf"(\| 2 peers in last round \||Downloading parameters from peer {bootstrap_id})"
-    swarm.joiner.wait_for(rejoined, START_TIMEOUT, start=restarted_at)
+    # The joiner's p2pd backs off from dialing the address that failed while the bootstrap was down (libp2p's
+    # dial backoff grows with each failed dial), so the rejoin gets twice the start timeout.
+    swarm.joiner.wait_for(rejoined, 2 * START_TIMEOUT, start=restarted_at)
