@@ -12,6 +12,8 @@ Everything is written under ``runs/demo/`` so that the user's own ``data/``, ``t
 import argparse
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 import time
@@ -56,7 +58,11 @@ def demo_config() -> Config:
 
 
 def korean_conversations() -> list[list[str]]:
-    """Return the Korean conversations shipped by ``chatterbot-corpus``, each a list of turns, in file order."""
+    """Return the Korean conversations shipped by ``chatterbot-corpus``, each a list of turns, in a fixed shuffle.
+
+    The package groups conversations by topic file. ``prepare`` keeps the latest sessions for validation, so in
+    file order the validation set would be the last topics only; a seeded shuffle spreads every topic over time.
+    """
     import chatterbot_corpus
 
     folder = Path(chatterbot_corpus.__file__).parent / "data" / "korean"
@@ -67,6 +73,7 @@ def korean_conversations() -> list[list[str]]:
             turns = [str(turn).strip() for turn in turns if str(turn).strip()]
             if len(turns) >= 2:
                 conversations.append(turns)
+    random.Random(0).shuffle(conversations)
     return conversations
 
 
@@ -173,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     language = ["--lang", args.lang] if args.lang else []
 
+    # A second run starts over: peers would otherwise resume from the first run's checkpoints, and the loss
+    # "before training" (of the seeded initialization) would no longer be where training started.
+    shutil.rmtree(DEMO_DIR / "checkpoints", ignore_errors=True)
     config = demo_config()
     config_path = DEMO_DIR / "config.json"
     config_path.parent.mkdir(parents=True, exist_ok=True)
