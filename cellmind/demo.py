@@ -39,7 +39,7 @@ VAL_BATCHES = 8
 
 
 def demo_config() -> Config:
-    """A model small enough to learn visibly in a few minutes on two CPU cores, with the full model's layout."""
+    """Return a config whose model learns visibly in a few minutes on two CPU cores, with the full model's layout."""
     config = Config()
     config.model.n_embd, config.model.n_head, config.model.n_layer, config.model.block_size = 256, 4, 4, 128
     config.tokenizer.model_path = str(DEMO_DIR / "tokenizer" / "tokenizer.model")
@@ -121,7 +121,7 @@ def measure_validation_loss(model: GPT, config: Config) -> float:
 
 
 def initial_model(config: Config) -> GPT:
-    """The model every peer starts from: the config's seed makes the initialization identical on all of them."""
+    """Build the model every peer starts from; the config's seed makes the initialization identical on all of them."""
     vocab_size = load_tokenizer(config.tokenizer.model_path).vocab_size
     torch.manual_seed(config.training.seed)
     return GPT(gpt_config_from(config, vocab_size))

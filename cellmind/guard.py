@@ -70,7 +70,7 @@ class RateLimitedLog:
 
 
 def gradient_norm(parameters) -> torch.Tensor:
-    """The global L2 norm of the parameters' gradients (inf or nan if any gradient is not finite)."""
+    """Return the global L2 norm of the parameters' gradients (inf or nan if any gradient is not finite)."""
     grads = [p.grad.detach().float() for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
@@ -138,7 +138,7 @@ def averaged_state_problem(averager, limits: HealthLimits = HealthLimits()) -> s
 
 
 def reject_poisoned_state(averager, log: RateLimitedLog) -> bool:
-    """Whether to skip applying a parameter averaging round because its result is broken (and log why)."""
+    """Return True, and log why, when a parameter averaging result is broken and must not be applied."""
     problem = averaged_state_problem(averager)
     if problem is None:
         return False

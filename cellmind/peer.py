@@ -628,7 +628,7 @@ class TrainingPeer:
         self._rejoined_at = time.monotonic()
 
         # hivemind 1.1.12's averagers set SIGINT to SIG_IGN in this process when they start (run_in_background),
-        # which would leave Ctrl-C without effect; put back the handler StopSignals installed.
+        # so Ctrl-C would have no effect. This puts back the handler that StopSignals installed.
         sigint_handler = signal.getsignal(signal.SIGINT)
         self.optimizer = make_optimizer(self.dht, self.model, self.config)
         signal.signal(signal.SIGINT, sigint_handler)
@@ -823,7 +823,7 @@ class TrainingPeer:
 
 
 def derived_seed(peer_id: bytes) -> int:
-    """A data-sampling seed that differs between peers and stays the same for one identity."""
+    """Return a data-sampling seed that differs between peers and stays the same for one identity."""
     return int.from_bytes(hashlib.sha256(peer_id).digest()[:4], "big")
 
 
