@@ -20,6 +20,7 @@ import threading
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import hivemind
@@ -41,6 +42,13 @@ from cellmind.config import Config
 from cellmind.errors import CheckpointError, ConfigError, SwarmError
 from cellmind.guard import RateLimitedLog, TrainingGuard, reject_poisoned_state, replace_poisoned_gradients
 from cellmind.i18n import _
+from cellmind.membership import (
+    MemberCheck,
+    MemberCheckedAverager,
+    MemberCheckedGradientAverager,
+    declare_membership,
+    member_check_for,
+)
 from cellmind.model import GPT
 from cellmind.progress import spinner
 from cellmind.swarm import (
@@ -75,7 +83,8 @@ class PeerOptions:
     train: bool = True
     device: str = "auto"
     precision: str = "auto"
-    """``auto`` (bf16 autocast where the device supports it fast: CUDA), ``fp32`` or ``bf16``."""
+    """``auto`` (bf16 autocast where the device has fast bf16 matmuls, see :func:`choose_precision`), ``fp32`` or
+    ``bf16``."""
     threads: int | None = None
     name: str | None = None
     max_steps: int | None = None
@@ -207,8 +216,8 @@ def compression_options(name: str) -> dict[str, CompressionBase]:
 # the optimizer
 
 
-class SnapshotStateAverager(TrainingStateAverager):
-    """A state averager that sends joining peers a consistent copy of its state.
+class SnapshotStateAverager(MemberCheckedAverager, TrainingStateAverager):
+    """A state averager that sends joining peers a consistent copy of its state, and only to swarm members.
 
     hivemind 1.1.12 hands out the live CPU tensors and reads the epoch separately, so a peer that downloads
     while a global step runs can receive the new parameters labelled with the old epoch. Here the state is
@@ -216,6 +225,10 @@ class SnapshotStateAverager(TrainingStateAverager):
     NOTE: a background parameter averaging round still changes the tensors outside this lock; it moves every
     peer to the same average, so a download during it is at worst that far from the peer's logged state.
     """
+
+    # Each class collects its own handlers and stub, so that the names it registers and calls agree.
+    _rpc_handlers = None
+    _stub_type = None
 
     def __init__(self, *, snapshot_lock: threading.Lock, **kwargs):
         self.snapshot_lock = snapshot_lock
@@ -252,15 +265,18 @@ class CellMindOptimizer(hivemind.Optimizer):
 
     last_round_size: int = 1
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, member_check: MemberCheck | None = None, **kwargs):
         self._snapshot_lock = threading.Lock()
         self.gradients_log = RateLimitedLog()
-        super().__init__(**kwargs)
+        self.member_check = member_check
+        super().__init__(grad_averager_factory=partial(MemberCheckedGradientAverager, member_check=member_check),
+                         **kwargs)
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
         # the arguments hivemind.Optimizer._make_state_averager passes in hivemind 1.1.12
         return SnapshotStateAverager(
             snapshot_lock=self._snapshot_lock,
+            member_check=self.member_check,
             dht=self.dht,
             prefix=f"{self.run_id}_state_averager",
             min_matchmaking_time=self.matchmaking_time,
@@ -298,8 +314,12 @@ class CellMindOptimizer(hivemind.Optimizer):
             self.last_round_size = 1
 
 
-def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOptimizer:
+def make_optimizer(
+    dht: hivemind.DHT, model: GPT, config: Config, member_check: MemberCheck | None = None
+) -> CellMindOptimizer:
     """Create the collaborative optimizer over ``model``; client mode comes from the DHT.
+
+    ``member_check`` (a private swarm) makes both averagers serve only callers that hold the swarm key.
 
     Chosen settings:
 
@@ -321,7 +341,7 @@ def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOpt
     """
     swarm = config.swarm
     with keep_sigint_handler():
-        optimizer = _create_optimizer(dht, model, config)
+        optimizer = _create_optimizer(dht, model, config, member_check)
     if optimizer.grad_averager.allow_state_sharing:
         # Joining peers reset their gradient accumulators anyway, so sending them ours is wasted traffic.
         optimizer.grad_averager.allow_state_sharing = False
@@ -329,9 +349,12 @@ def make_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOpt
     return optimizer
 
 
-def _create_optimizer(dht: hivemind.DHT, model: GPT, config: Config) -> CellMindOptimizer:
+def _create_optimizer(
+    dht: hivemind.DHT, model: GPT, config: Config, member_check: MemberCheck | None
+) -> CellMindOptimizer:
     swarm = config.swarm
     return CellMindOptimizer(
+        member_check=member_check,
         dht=dht,
         run_id=swarm.run_id,
         # hivemind 1.1.12 takes the DHT's mode whenever this is not None, but leaves None in place, and later
@@ -481,12 +504,54 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+CPU_BF16_MATMUL_FEATURES = ("avx512_bf16", "amx_bf16")
+"""x86 features with native bf16 matrix multiplies; without them oneDNN emulates bf16 and is slower than fp32."""
+
+
+def choose_precision(
+    requested: str, device_type: str, cuda_bf16: bool, cpu_capabilities: dict[str, bool]
+) -> tuple[str, str]:
+    """Return the training precision (``bf16`` or ``fp32``) and the reason, from the device's capabilities.
+
+    ``auto`` picks bf16 autocast on CUDA devices that support bf16 and on CPUs with native bf16 matrix
+    multiplies (``avx512_bf16`` or ``amx_bf16`` in ``torch.cpu.get_capabilities()``), and fp32 elsewhere:
+    on MPS, and on CPUs where bf16 is emulated. ``fp32`` and ``bf16`` are taken as requested.
+    """
+    if requested in ("fp32", "bf16"):
+        return requested, "requested with --precision"
+    if requested != "auto":
+        raise ConfigError(_("--precision must be auto, fp32 or bf16, got {value!r}").format(value=requested))
+    if device_type == "cuda":
+        if cuda_bf16:
+            return "bf16", "the CUDA device supports bf16"
+        return "fp32", "the CUDA device does not support bf16"
+    if device_type == "cpu":
+        features = [name for name in CPU_BF16_MATMUL_FEATURES if cpu_capabilities.get(name)]
+        if features:
+            return "bf16", f"the CPU has native bf16 matrix multiplies ({', '.join(features)})"
+        # NOTE: ARM CPUs with bf16 instructions (phones) are not detected yet and train in fp32.
+        return "fp32", "the CPU has no native bf16 matrix multiplies (no avx512_bf16 or amx_bf16)"
+    return "fp32", f"bf16 autocast is not used on {device_type} devices"
+
+
+def cpu_capabilities() -> dict[str, bool]:
+    """Return the CPU features PyTorch detected (``torch.cpu.get_capabilities``), or none where it is missing."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if get_capabilities is None:
+        return {}
+    return {name: bool(value) for name, value in get_capabilities().items()}
+
+
+def precision_for(device: torch.device, requested: str) -> tuple[str, str]:
+    """Return :func:`choose_precision`'s choice for ``device`` on this machine."""
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    capabilities = cpu_capabilities() if device.type == "cpu" and requested == "auto" else {}
+    return choose_precision(requested, device.type, cuda_bf16, capabilities)
+
+
 def autocast_for(device: torch.device, precision: str) -> AbstractContextManager:
-    """bf16 autocast on CUDA devices that support it (``auto``) or when asked (``bf16``); fp32 otherwise."""
-    use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    if not use_bf16:
+    """Return bf16 autocast where :func:`precision_for` chooses bf16 for ``precision``, else a no-op context."""
+    if precision_for(device, precision)[0] != "bf16":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -569,13 +634,15 @@ class TrainingPeer:
         self.options = options
         self.config = config = options.config
         self.device = pick_device(options.device)
+        precision, reason = precision_for(self.device, options.precision)
+        logger.info(f"Training in {'bf16 autocast' if precision == 'bf16' else 'fp32'} on {self.device}: {reason}")
         self.autocast = autocast_for(self.device, options.precision)
         self.tokenizer = load_tokenizer(config.tokenizer.model_path)
         self.token_file = ensure_token_file(config.training.dataset_path, self.tokenizer)
         self.checkpoint_path = latest_path(config.model.checkpoint)
         self.manifest = run_manifest(config, self.tokenizer.vocab_size, self.tokenizer.sha256)
         self.model, resumed = self._build_model()
-        self.dht = self.optimizer = self.metrics = self.writer = None
+        self.dht = self.optimizer = self.metrics = self.writer = self.membership = None
         self._resumed_optimizer_state = resumed.optimizer_state if resumed is not None else None
         self._make_windows = lambda seed: TokenWindows(self.token_file, config.training.seq_len, seed)
         self._val_path = Path(config.training.val_path)
@@ -626,11 +693,14 @@ class TrainingPeer:
         store_manifest(self.dht, swarm.run_id, self.manifest)
         self._manifest_stored_at = time.monotonic()
         self._rejoined_at = time.monotonic()
+        self.membership = declare_membership(self.dht, swarm.run_id, swarm.swarm_key)
 
         # hivemind 1.1.12's averagers set SIGINT to SIG_IGN in this process when they start (run_in_background),
         # so Ctrl-C would have no effect. This puts back the handler that StopSignals installed.
         sigint_handler = signal.getsignal(signal.SIGINT)
-        self.optimizer = make_optimizer(self.dht, self.model, self.config)
+        self.optimizer = make_optimizer(
+            self.dht, self.model, self.config, member_check_for(swarm.run_id, swarm.swarm_key)
+        )
         signal.signal(signal.SIGINT, sigint_handler)
         if self._resumed_optimizer_state is not None:
             self._load_resumed_optimizer_state()
@@ -818,6 +888,8 @@ class TrainingPeer:
                     print(_("Saved checkpoint {path}").format(path=self.save()), flush=True)
             finally:
                 self.optimizer.shutdown()
+        if self.membership is not None:
+            self.membership.stop()
         if self.dht is not None:
             shutdown_dht(self.dht)
 

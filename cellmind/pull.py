@@ -17,6 +17,7 @@ from cellmind.checkpoints import Checkpoint, build_model, checkpoint_from_model,
 from cellmind.config import Config
 from cellmind.errors import SwarmError
 from cellmind.i18n import _
+from cellmind.membership import declare_membership
 from cellmind.peer import (
     LOAD_STATE_TIMEOUT,
     SnapshotStateAverager,
@@ -70,11 +71,16 @@ def pull_checkpoint(
     deadline = time.monotonic() + timeout
     with spinner(_("downloading the swarm's model")):
         dht = start_dht(settings)
+        membership = None
         try:
             manifest = _wait_for_manifest(dht, config.swarm.run_id, deadline)
+            # the peers of a private swarm stream their state only to callers with a membership record
+            membership = declare_membership(dht, config.swarm.run_id, swarm_key)
             config = config_for_manifest(config, manifest)
             return _download(dht, config, manifest, deadline)
         finally:
+            if membership is not None:
+                membership.stop()
             shutdown_dht(dht)
 
 

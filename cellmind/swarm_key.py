@@ -2,22 +2,20 @@
 
 ``cellmind swarm-key new`` writes 32 random bytes to ``peers/swarm.key``; every peer of a private swarm is
 started with ``--swarm-key`` and that same file. Hivemind has no pre-shared network key (neither its Python
-layer nor its ``p2pd`` daemon), so the key protects the swarm in two layers:
+layer nor its ``p2pd`` daemon), so the key protects the swarm in three layers:
 
 - **The DHT.** :class:`SwarmKeyAuthorizer` is passed to ``hivemind.DHT(authorizer=...)``. Every DHT request
   carries an HMAC-SHA256 of its bytes, a time and a nonce; every response an HMAC bound to the request's nonce.
   A node without the key (or with another one) cannot read or store any record, so it cannot learn who trains,
   which global epoch the swarm is at, or which peers offer their state.
 - **The run's namespace.** Hivemind names every DHT key of a run and the averagers' RPC handlers
-  (``{prefix}::DecentralizedAverager.rpc_join_group``, ``rpc_download_state``, ...) after the run id.
-  :meth:`SwarmKey.run_namespace` turns the run id into ``{run_id}-{secret tag}``, so an outsider with a
-  peer's address still cannot name the handlers that form averaging groups or stream the model state.
-
-NOTE: the namespace is a secret only as long as it stays on the swarm's devices. Checkpoints store the resolved
-config and therefore the namespaced run id; a checkpoint given away lets its holder name the averagers' handlers
-(the DHT stays closed to it). A libp2p peer that connects to a peer's address can also list the handler names of
-the stream protocols through libp2p's identify exchange. Closing both gaps needs a check of the caller inside
-the averagers' handlers, which Hivemind 1.1.12 does not offer.
+  (``{prefix}::SnapshotStateAverager.rpc_download_state``, ...) after the run id.
+  :meth:`SwarmKey.run_namespace` turns the run id into ``{run_id}-{secret tag}``, so that strangers cannot
+  even name the run's records.
+- **The averagers' callers.** The namespace alone does not keep the averagers closed: checkpoints store the
+  namespaced run id, and libp2p's identify exchange lists a peer's handler names to anyone who connects. So
+  every averager of a private swarm serves only peers that stored a membership record, an HMAC of their
+  libp2p peer id under the key (:mod:`cellmind.membership`).
 
 A peer that is turned away learns why: the authorizer answers a request without a valid HMAC with an error
 that carries :data:`REJECTION_MARKER`, and :func:`diagnose_join_failure` asks the initial peer once more to

@@ -157,12 +157,15 @@ def test_keyed_swarm_trains_together_and_turns_strangers_away(tiny_run, tmp_path
     assert {"no swarm key" in m.group(2) or "another swarm key" in m.group(2) for m in rejections} == {True}
 
     _assert_records_need_the_key(address, key_path)
+    bootstrap.wait_for(r"Rejected a rpc_join_group request from peer \w+", 30)
+    downloads = bootstrap.matches(r"Rejected a rpc_download_state request from peer (\w+)")
+    assert len(downloads) == 1  # the outsider asked twice; logged once
     for peer in (bootstrap, joiner):
         peer.kill_group()
 
 
 def _assert_records_need_the_key(address: str, key_path) -> None:
-    """A DHT node without the key reads nothing of the run; one with the key reads its manifest."""
+    """A peer without the key reads nothing of the run and downloads no state; one with the key does both."""
     script = Path(__file__).with_name("swarm_key_outsider.py")
     result = subprocess.run([sys.executable, str(script), address, str(key_path), "tiny"],
                             capture_output=True, text=True, timeout=120)
