@@ -38,7 +38,8 @@ catalog: $(BIN)/cellmind
 test: $(BIN)/cellmind browser $(MO_FILES)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Swarm faults (SIGKILLed peers, restarts, slow links in network namespaces) take minutes: run them on purpose.
+# Slow and lossy links between network namespaces need root and take minutes: run them on purpose.
+# The other swarm faults (tests/test_faults.py) run in `make test` too.
 test-faults: $(BIN)/cellmind
 	CELLMIND_FAULT_TESTS=1 $(BIN)/python -m pytest tests/test_faults.py tests/test_slow_links.py $(PYTEST_ARGS)
 

@@ -74,14 +74,16 @@ class PeerProcess:
 
     running: list["PeerProcess"] = []
 
-    def __init__(self, command: list[str], cwd: Path, log_path: Path, keep: bool = False):
+    def __init__(self, command: list[str], cwd: Path, log_path: Path, keep: bool = False,
+                 env: dict[str, str] | None = None):
         self.log_path = log_path
         self.keep = keep
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
             command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8", "LANGUAGE": ""},
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8", "LANGUAGE": "", **(env or {})},
         )
         self.pid = self.pgid = self.process.pid
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -156,9 +158,10 @@ class TinyRun:
     root: Path
     config_path: Path
 
-    def peer(self, *args: str, log_name: str, keep: bool = False) -> PeerProcess:
+    def peer(self, *args: str, log_name: str, keep: bool = False, env: dict[str, str] | None = None) -> PeerProcess:
+        """Start ``cellmind-peer`` on this run; ``env`` adds variables to the inherited environment."""
         command = [str(PEER_COMMAND), "--config", str(self.config_path), "--threads", "1", "-v", *args]
-        return PeerProcess(command, cwd=self.root, log_path=self.root / f"{log_name}.log", keep=keep)
+        return PeerProcess(command, cwd=self.root, log_path=self.root / f"{log_name}.log", keep=keep, env=env)
 
     def cellmind(self, *args: str, log_name: str) -> PeerProcess:
         command = [str(CELLMIND_COMMAND), *args]
