@@ -22,17 +22,21 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import AsyncIterator  # hivemind's ServicerBase recognizes streams by typing's alias only
 
 import hivemind
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
-from hivemind.utils import get_dht_time
+from hivemind.utils import ValueWithExpiration, get_dht_time
 
 from cellmind.swarm_key import REJECTION_LOG_PERIOD, REJECTION_MARKER, SwarmKey, SwarmKeyRejected
 
 logger = logging.getLogger(__name__)
+
+FetchMembers = Callable[[], Awaitable[ValueWithExpiration | None]]
 
 MEMBERSHIP_EXPIRATION = 1800.0
 """Seconds a membership record lives in the DHT; :class:`MembershipDeclaration` stores it again well before."""
@@ -117,19 +121,25 @@ class MemberCheck:
     """
 
     def __init__(self, run_id: str, swarm_key: SwarmKey):
-        self.run_id = run_id
+        self.members_key = members_key(run_id)
         self._swarm_key = swarm_key
         self._members: set[PeerID] = set()
         self._last_logged: dict[PeerID, float] = {}
 
-    async def require_member(self, dht: hivemind.DHT, local_id: PeerID, remote_id: PeerID, handler: str) -> None:
-        """Return if ``remote_id`` is a member (or this peer itself), else raise :class:`SwarmKeyRejected`."""
+    async def require_member(
+        self, fetch_members: FetchMembers, local_id: PeerID, remote_id: PeerID, handler: str
+    ) -> None:
+        """Return if ``remote_id`` is a member (or this peer itself), else raise :class:`SwarmKeyRejected`.
+
+        ``fetch_members()`` reads the :attr:`members_key` record from the DHT: through ``hivemind.DHT.get`` in
+        an averager's process, or ``DHTNode.get`` inside the DHT process.
+        """
         if remote_id == local_id or remote_id in self._members:
             return
         for attempt in range(LOOKUP_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(LOOKUP_RETRY_DELAY)
-            await self._look_up_members(dht)
+            await self._look_up_members(fetch_members)
             if remote_id in self._members:
                 return
         self._log_rejection(remote_id, handler)
@@ -138,8 +148,8 @@ class MemberCheck:
             "start it with the same --swarm-key file as the other peers"
         )
 
-    async def _look_up_members(self, dht: hivemind.DHT) -> None:
-        found = await dht.get(members_key(self.run_id), latest=True, return_future=True)
+    async def _look_up_members(self, fetch_members: FetchMembers) -> None:
+        found = await fetch_members()
         if found is None or not isinstance(found.value, dict):
             return
         for subkey, entry in found.value.items():
@@ -178,7 +188,8 @@ class MemberCheckedAverager:
 
     async def _require_member(self, context: P2PContext, handler: str) -> None:
         if self.member_check is not None:
-            await self.member_check.require_member(self.dht, context.local_id, context.remote_id, handler)
+            fetch = partial(self.dht.get, self.member_check.members_key, latest=True, return_future=True)
+            await self.member_check.require_member(fetch, context.local_id, context.remote_id, handler)
 
     async def rpc_join_group(
         self, request: averaging_pb2.JoinRequest, context: P2PContext

@@ -30,7 +30,7 @@ from cellmind.peer import (
     scheduler_factory,
 )
 from cellmind.progress import spinner
-from cellmind.swarm import RunManifest, SwarmSettings, fetch_manifest, shutdown_dht, start_dht
+from cellmind.swarm import RunManifest, SwarmSettings, shutdown_dht, start_dht, wait_for_manifest
 from cellmind.swarm_key import SwarmKey
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def pull_checkpoint(
         dht = start_dht(settings)
         membership = None
         try:
-            manifest = _wait_for_manifest(dht, config.swarm.run_id, deadline)
+            manifest = wait_for_manifest(dht, config.swarm.run_id, deadline)
             # the peers of a private swarm stream their state only to callers with a membership record
             membership = declare_membership(dht, config.swarm.run_id, swarm_key)
             config = config_for_manifest(config, manifest)
@@ -82,21 +82,6 @@ def pull_checkpoint(
             if membership is not None:
                 membership.stop()
             shutdown_dht(dht)
-
-
-def _wait_for_manifest(dht, run_id: str, deadline: float) -> RunManifest:
-    while True:
-        manifest = fetch_manifest(dht, run_id, timeout=max(1.0, deadline - time.monotonic()))
-        if manifest is not None:
-            return manifest
-        if time.monotonic() + RETRY_PERIOD > deadline:
-            raise SwarmError(
-                _(
-                    "no training peer of run '{run_id}' was found in the swarm; check --run-id and that at least "
-                    "one peer is training (a --no-train bootstrap holds no model)"
-                ).format(run_id=run_id)
-            )
-        time.sleep(RETRY_PERIOD)
 
 
 def _download(dht, config: Config, manifest: RunManifest, deadline: float) -> Checkpoint:

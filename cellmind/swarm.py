@@ -47,6 +47,8 @@ BOOTSTRAP_RETRY_PERIOD = 2.0
 MANIFEST_FIELD = "manifest"
 MANIFEST_EXPIRATION = 600.0
 """Seconds a stored manifest lives; training peers store it again well before that."""
+MANIFEST_RETRY_PERIOD = 2.0
+"""Seconds between reads of the manifest while no training peer has stored one."""
 
 
 @dataclass(frozen=True)
@@ -399,3 +401,19 @@ def check_manifest(dht: hivemind.DHT, run_id: str, ours: RunManifest, timeout: f
     if theirs.version != ours.version:
         logger.warning(f"The swarm's manifest was written by CellMind {theirs.version}, this is {ours.version}")
     return theirs
+
+
+def wait_for_manifest(dht: hivemind.DHT, run_id: str, deadline: float) -> RunManifest:
+    """Return the run's manifest, asking again until ``deadline`` (a ``time.monotonic()`` value)."""
+    while True:
+        manifest = fetch_manifest(dht, run_id, timeout=max(1.0, deadline - time.monotonic()))
+        if manifest is not None:
+            return manifest
+        if time.monotonic() + MANIFEST_RETRY_PERIOD > deadline:
+            raise SwarmError(
+                _(
+                    "no training peer of run '{run_id}' was found in the swarm; check --run-id and that at least "
+                    "one peer is training (a --no-train bootstrap holds no model)"
+                ).format(run_id=run_id)
+            )
+        time.sleep(MANIFEST_RETRY_PERIOD)

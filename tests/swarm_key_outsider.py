@@ -11,11 +11,12 @@ from pathlib import Path
 
 import hivemind
 from hivemind.p2p import P2P, P2PHandlerError, PeerID
-from hivemind.proto import averaging_pb2
+from hivemind.proto import averaging_pb2, runtime_pb2
 from hivemind.utils.multiaddr import Multiaddr
 
 from cellmind.membership import MemberCheckedGradientAverager, declare_membership
 from cellmind.peer import SnapshotStateAverager
+from cellmind.run_files import handler_name
 from cellmind.swarm import manifest_key
 from cellmind.swarm_key import REJECTION_MARKER, load_swarm_key
 
@@ -62,6 +63,12 @@ async def _assert_averagers_reject_outsider(address: str, target: PeerID, namesp
                 raise AssertionError("the state download ended without an error")
             except P2PHandlerError as error:
                 assert REJECTION_MARKER in str(error), f"unexpected error: {error}"
+        try:
+            await p2p.call_protobuf_handler(target, handler_name(namespace), runtime_pb2.ExpertUID(uid="tokenizer"),
+                                            runtime_pb2.ExpertInfo)
+            raise AssertionError("the outsider downloaded the run's tokenizer")
+        except P2PHandlerError as error:
+            assert REJECTION_MARKER in str(error), f"unexpected error: {error}"
         join_request = averaging_pb2.JoinRequest(schema_hash=b"x", expiration=hivemind.utils.get_dht_time() + 5)
         try:
             async for _message in await grad_stub.rpc_join_group(join_request):

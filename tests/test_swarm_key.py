@@ -160,6 +160,7 @@ def test_keyed_swarm_trains_together_and_turns_strangers_away(tiny_run, tmp_path
     bootstrap.wait_for(r"Rejected a rpc_join_group request from peer \w+", 30)
     downloads = bootstrap.matches(r"Rejected a rpc_download_state request from peer (\w+)")
     assert len(downloads) == 1  # the outsider asked twice; logged once
+    assert bootstrap.matches(r"Rejected a CellMindRunFiles.rpc_get request from peer \w+")
     for peer in (bootstrap, joiner):
         peer.kill_group()
 
