@@ -54,8 +54,13 @@ class TokenizerSection:
 
 @dataclass
 class TrainingSection:
-    batch_size: int = 8
-    """Samples per micro-step on this peer (``batch_size_per_step`` in Hivemind's words)."""
+    batch_size: int = 2
+    """Samples per micro-step on this peer (``batch_size_per_step`` in Hivemind's words).
+
+    Peers accumulate micro-steps until the swarm has ``swarm.target_batch_size`` samples, so this sets the memory
+    of a micro-step, not the update. With 2 windows of 256 tokens the 23M model's activations take about 0.25 GB
+    on a CPU (8 took about 1 GB; see bench/memory.py); a GPU peer may raise it with ``--batch-size-per-step``.
+    """
     epochs: int = 0
     """Passes over this peer's own data before it stops; 0 means no limit."""
     lr: float = 3e-4

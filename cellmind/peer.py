@@ -11,6 +11,7 @@ with the other peers and takes one global step. A peer that joins late downloads
 optimizer statistics and global epoch before its first micro-step.
 """
 
+import ctypes
 import hashlib
 import logging
 import math
@@ -34,6 +35,7 @@ from hivemind.compression import (
     SizeAdaptiveCompression,
     Uniform8BitQuantization,
 )
+from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.proto import runtime_pb2
 
@@ -242,7 +244,7 @@ class SnapshotStateAverager(MemberCheckedAverager, TrainingStateAverager):
     def get_current_state(self):
         with self.snapshot_lock:
             metadata, tensors, infos = super().get_current_state()
-            return metadata, [tensor.detach().clone() for tensor in tensors], infos
+            return metadata, [shared_copy(tensor) for tensor in tensors], infos
 
     def load_state_from_peers(self, **kwargs):
         # hivemind 1.1.12 catches a download with too few optimizer statistics only as StopIteration; a stream
@@ -253,6 +255,18 @@ class SnapshotStateAverager(MemberCheckedAverager, TrainingStateAverager):
         except IndexError as error:
             logger.warning(f"Discarded an incomplete state download ({error!r}); trying again")
             return None
+
+
+@torch.no_grad()
+def shared_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """Copy a tensor for the averager process: CPU tensors straight into shared memory, others as a clone.
+
+    Hivemind hands the copy to its averager process, which moves a private CPU tensor into shared memory first.
+    Copying into shared memory at once saves that second copy (276 MB for the 23M model's state).
+    """
+    if tensor.device.type != "cpu":
+        return tensor.detach().clone()
+    return torch.empty_like(tensor).share_memory_().copy_(tensor.detach())
 
 
 class CellMindOptimizer(hivemind.Optimizer):
@@ -269,12 +283,12 @@ class CellMindOptimizer(hivemind.Optimizer):
         self._snapshot_lock = threading.Lock()
         self.gradients_log = RateLimitedLog()
         self.member_check = member_check
-        super().__init__(grad_averager_factory=partial(MemberCheckedGradientAverager, member_check=member_check),
-                         **kwargs)
+        grad_averager_factory = partial(MemberCheckedGradientAverager, member_check=member_check)
+        super().__init__(grad_averager_factory=partial(start_gradient_averager, grad_averager_factory), **kwargs)
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
         # the arguments hivemind.Optimizer._make_state_averager passes in hivemind 1.1.12
-        return SnapshotStateAverager(
+        averager = SnapshotStateAverager(
             snapshot_lock=self._snapshot_lock,
             member_check=self.member_check,
             dht=self.dht,
@@ -288,9 +302,12 @@ class CellMindOptimizer(hivemind.Optimizer):
             next_chunk_timeout=self.next_chunk_timeout,
             client_mode=self.client_mode,
             auxiliary=self.auxiliary,
-            start=True,
+            start=False,
             **kwargs,
         )
+        release_free_heap_memory()  # before the fork, see release_free_heap_memory
+        averager.run_in_background(await_ready=True)
+        return averager
 
     def _maybe_schedule_gradient_averaging(self) -> None:
         # Alone, a pre-scheduled round only polls the DHT for a group it cannot find, which kept the DHT and
@@ -314,6 +331,51 @@ class CellMindOptimizer(hivemind.Optimizer):
             self.last_round_size = 1
 
 
+def start_gradient_averager(factory, *, start: bool, **kwargs) -> GradientAverager:
+    """Create a gradient averager with ``factory`` and start its process once its buffers are in shared memory.
+
+    hivemind 1.1.12 allocates the gradient accumulators, and ``.grad`` for every parameter without one, right
+    before it forks the averager process. The fork gets copy-on-write views of those pages, and every later write
+    or free in the training process leaves the fork with a private copy it never reads (about 92 MB each for the
+    23M model). Accumulators in shared memory are written in place for both, and the parameters' gradients are
+    dropped, as ``zero_grad`` does after every micro-step anyway.
+    """
+    averager = factory(start=False, **kwargs)
+    with torch.no_grad():
+        for accumulator in averager._grad_accumulators():  # NOTE: private in hivemind 1.1.12; recheck on upgrade
+            if accumulator.device.type == "cpu":
+                accumulator.share_memory_()
+    for parameter in averager.parameters:
+        parameter.grad = None
+    if start:
+        release_free_heap_memory()
+        averager.run_in_background(await_ready=True)
+    return averager
+
+
+def release_free_heap_memory() -> None:
+    """Return the heap's free pages to the system (glibc's ``malloc_trim``); does nothing without glibc.
+
+    Call it right before Hivemind forks a process. Memory that torch freed (copies made while the optimizer is
+    built, the first micro-steps' activations) stays resident in glibc's heap, and the fork inherits it
+    copy-on-write. Once this process reuses those pages, the fork keeps a private copy of each.
+    """
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc: macOS, musl
+        return None
+
+
+_libc = _load_libc()
+
+
 def make_optimizer(
     dht: hivemind.DHT, model: GPT, config: Config, member_check: MemberCheck | None = None
 ) -> CellMindOptimizer:
@@ -328,8 +390,10 @@ def make_optimizer(
     - ``delay_optimizer_step``/``delay_grad_averaging`` off: the step runs before ``step()`` returns, so a
       checkpoint or progress line written right after a global step shows that step. On a CPU peer the update
       itself is short next to accumulating a target batch, so overlapping it would gain little.
-    - ``offload_optimizer=True``: Adam's statistics live in host memory, next to the buffers that Hivemind
-      averages into, which spares GPU memory on CUDA peers.
+    - ``offload_optimizer`` on GPU peers only: there, AdamW works on a host copy of the parameters, next to the
+      buffers that Hivemind averages into, which spares GPU memory. On a CPU peer that copy and its gradients
+      would only duplicate the model's parameters and gradients in the same memory (2 x 92.6 MB for the 23M
+      model, more in the forked averager processes), so AdamW updates the model's parameters directly.
     - ``reuse_grad_buffers=False``: each micro-step's gradients are clipped before accumulation, which needs a
       fresh ``.grad`` every micro-step.
     - ``average_state_every`` from the config (default 10): gradient averaging already gives every peer of a
@@ -363,12 +427,12 @@ def _create_optimizer(
         target_batch_size=swarm.target_batch_size,
         batch_size_per_step=config.training.batch_size,
         params=parameter_groups(model, config.training.weight_decay),
-        optimizer=optimizer_factory(config),
+        optimizer=initialized_optimizer_factory(config),
         scheduler=scheduler_factory(config),
         matchmaking_time=swarm.matchmaking_time,
         averaging_timeout=swarm.averaging_timeout,
         load_state_timeout=LOAD_STATE_TIMEOUT,
-        offload_optimizer=True,
+        offload_optimizer=next(model.parameters()).device.type != "cpu",
         delay_optimizer_step=False,
         delay_grad_averaging=False,
         delay_state_averaging=True,
@@ -387,6 +451,47 @@ def _create_optimizer(
         verbose=False,
         **compression_options(swarm.compression),
     )
+
+
+def initialized_optimizer_factory(config: Config):
+    """Wrap :func:`optimizer_factory` so that Adam's state exists before Hivemind would create it.
+
+    Hivemind 1.1.12 creates missing optimizer state with one AdamW step on zero gradients, whose weight decay
+    scales every parameter by ``1 - lr * weight_decay``. Without an offloaded copy that step would change the
+    model itself, so a resumed model would no longer equal its checkpoint. Here the same step runs at learning
+    rate 0, which leaves every parameter as it was and Adam's step count at 1, as Hivemind's would.
+    """
+    create = optimizer_factory(config)
+
+    def create_initialized(groups) -> torch.optim.Optimizer:
+        optimizer = create(groups)
+        initialize_optimizer_state(optimizer)
+        return optimizer
+
+    return create_initialized
+
+
+@torch.no_grad()
+def initialize_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the optimizer's per-parameter state with one step at learning rate 0 on zero gradients."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    gradients = [p.grad for p in parameters]
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for parameter in parameters:
+        parameter.grad = torch.zeros_like(parameter)
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    optimizer.step()
+    for group, rate in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    for parameter, gradient in zip(parameters, gradients, strict=True):
+        parameter.grad = gradient
+    # Hivemind forks its averager processes after this. Adam's moments in shared memory are updated in place for
+    # every process, where private pages would leave each fork a stale copy once AdamW writes them.
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value) and value.device.type == "cpu" and value.numel() > 1:
+                value.share_memory_()
 
 
 @contextmanager
@@ -409,13 +514,13 @@ def keep_sigint_handler():
 def copy_model_into_optimizer(optimizer: hivemind.Optimizer) -> None:
     """Make the offloaded parameters equal the model's (the optimizer's main parameters) again.
 
-    Hivemind initializes Adam's statistics with one step on zero gradients, which AdamW's weight decay turns
-    into a small change of the offloaded copy; without this a resumed model would not be its checkpoint.
+    Does nothing without an offloaded copy, where the optimizer's parameters are the model's.
     """
     offloaded = [p for group in optimizer.opt.param_groups for p in group["params"]]
     main = [p for group in optimizer.param_groups for p in group["params"]]
     for target, source in zip(offloaded, main, strict=True):
-        target.copy_(source.detach().to(target.device, target.dtype))
+        if target is not source:
+            target.copy_(source.detach().to(target.device, target.dtype))
 
 
 def state_sharers(optimizer: hivemind.Optimizer) -> int:
@@ -661,7 +766,12 @@ class TrainingPeer:
                 f"Resuming from {checkpoint.path} at global epoch {checkpoint.global_epoch}; "
                 "the swarm's state replaces it if the swarm is ahead"
             )
-        return model.to(self.device), checkpoint
+        model = model.to(self.device)
+        if self.device.type == "cpu":
+            # The DHT and averager processes are forked from this one later. Private parameter pages would be
+            # copied for every fork as soon as a global step writes them; shared ones are updated in place.
+            model.share_memory()
+        return model, checkpoint
 
     def _check_resumable(self, checkpoint) -> None:
         if checkpoint.tokenizer_sha256 != self.tokenizer.sha256:
@@ -685,6 +795,7 @@ class TrainingPeer:
         from cellmind.metrics import MetricsPublisher
 
         options, swarm = self.options, self.options.swarm
+        release_free_heap_memory()  # the DHT runs in a forked process
         with spinner(_("joining the swarm"), enabled=not options.bootstrap):
             self.dht = start_dht(swarm)
         if options.bootstrap:

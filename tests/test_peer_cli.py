@@ -7,6 +7,7 @@ import pytest
 
 from cellmind.cli.peer import build_parser, parse_duration, resolve_config, swarm_settings
 from cellmind.errors import ConfigError, SwarmError
+from cellmind.peer import choose_precision
 from cellmind.swarm import DEFAULT_BOOTSTRAP_PORT, bootstrap_host_maddrs, join_line, validate_initial_peers
 from conftest import PEER_COMMAND, free_port
 
@@ -111,3 +112,42 @@ def test_bad_initial_peers_end_with_one_line(tiny_run, address):
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1
     assert address in error_lines[0]
+
+
+ZEN4 = {"avx512_f": True, "avx512_bf16": True, "amx_bf16": False}
+SAPPHIRE_RAPIDS = {"avx512_f": True, "avx512_bf16": True, "amx_bf16": True}
+AVX2_ONLY = {"avx2": True, "avx512_bf16": False, "amx_bf16": False}
+
+
+@pytest.mark.parametrize(
+    ("device_type", "cuda_bf16", "capabilities", "expected"),
+    [
+        ("cpu", False, ZEN4, "bf16"),
+        ("cpu", False, SAPPHIRE_RAPIDS, "bf16"),
+        ("cpu", False, {"amx_bf16": True}, "bf16"),
+        ("cpu", False, AVX2_ONLY, "fp32"),
+        ("cpu", False, {}, "fp32"),
+        ("cuda", True, {}, "bf16"),
+        ("cuda", False, ZEN4, "fp32"),
+        ("mps", False, ZEN4, "fp32"),
+    ],
+)
+def test_auto_precision_follows_capabilities(device_type, cuda_bf16, capabilities, expected):
+    precision, reason = choose_precision("auto", device_type, cuda_bf16, capabilities)
+    assert precision == expected
+    assert reason
+
+
+@pytest.mark.parametrize("requested", ["fp32", "bf16"])
+@pytest.mark.parametrize("capabilities", [ZEN4, AVX2_ONLY])
+def test_explicit_precision_overrides_auto(requested, capabilities):
+    assert choose_precision(requested, "cpu", False, capabilities)[0] == requested
+
+
+def test_auto_precision_names_cpu_feature():
+    assert "avx512_bf16" in choose_precision("auto", "cpu", False, ZEN4)[1]
+
+
+def test_unknown_precision_rejected():
+    with pytest.raises(ConfigError, match="fp16"):
+        choose_precision("fp16", "cpu", False, ZEN4)

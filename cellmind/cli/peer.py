@@ -91,7 +91,8 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                        help=_("where to train (default: auto, the fastest available)"))
     group.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                       help=_("auto uses bf16 autocast on CUDA devices that support it and fp32 elsewhere"))
+                       help=_("auto uses bf16 autocast on CUDA devices that support it and on CPUs with native bf16 "
+                              "matrix multiplies (AVX512-BF16, AMX), and fp32 elsewhere"))
     group.add_argument("--threads", type=positive_int, metavar="N", help=_("CPU threads PyTorch may use"))
     group.add_argument("--batch-size-per-step", type=positive_int, metavar="N",
                        help=_("samples per micro-step on this device"))
