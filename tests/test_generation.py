@@ -1,5 +1,5 @@
 """Sampling: greedy cached == uncached across the context boundary, top-k/top-p, seeds, eos, cropping, streaming;
-and `cellmind generate` on a saved checkpoint."""
+the decoding path against the plain forward pass; and `cellmind generate` on a saved checkpoint."""
 
 import json
 import logging
@@ -11,15 +11,23 @@ import cellmind.cli.generate as generate_command
 from cellmind.checkpoints import build_model, gpt_config_from, save_checkpoint
 from cellmind.cli import main
 from cellmind.config import Config
-from cellmind.generation import TextStream, crop_prompt, generate_tokens, kept_after_cut, sample_token
+from cellmind.generation import (
+    CachedLogits,
+    TextStream,
+    crop_prompt,
+    generate_tokens,
+    kept_after_cut,
+    sample_token,
+    use_decoding_layout,
+)
 from cellmind.model import GPT, GPTConfig
 from cellmind.tokenizer import load_tokenizer, train_tokenizer
 
 TINY = GPTConfig(vocab_size=53, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 
 
-@pytest.fixture(scope="module")
-def model() -> GPT:
+def tiny_lively_model() -> GPT:
+    """The same tiny model on every call, in the ``(out, in)`` layout that ``GPT`` creates."""
     torch.manual_seed(0)
     model = GPT(TINY)
     # A freshly initialized tied model just repeats its last token. Unit-variance matrices instead of GPT-2's
@@ -29,6 +37,11 @@ def model() -> GPT:
             if parameter.dim() > 1:
                 parameter.normal_(0.0, 1.0)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    return tiny_lively_model()
 
 
 def greedy(model, prompt, count, use_cache, **kwargs) -> list[int]:
@@ -62,6 +75,124 @@ def test_uncached_steps_follow_window_policy(model):
         window.append(token)
         if len(window) > TINY.block_size:
             window = window[-kept_after_cut(TINY.block_size) :]
+
+
+def linear_weights(model: GPT) -> list[torch.Tensor]:
+    return [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
+
+
+def storage_bytes(model: GPT) -> int:
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    return sum(storages.values())
+
+
+def test_decoding_layout_keeps_parameters():
+    plain, relaid = tiny_lively_model(), tiny_lively_model()
+    bytes_before = storage_bytes(relaid)
+    use_decoding_layout(relaid)
+
+    assert relaid.is_tied()
+    assert storage_bytes(relaid) == bytes_before  # the transposed copies replaced the originals
+    assert list(relaid.state_dict()) == list(plain.state_dict())
+    for (name, expected), (_name, actual) in zip(plain.named_parameters(), relaid.named_parameters()):
+        assert actual.shape == expected.shape, name
+        assert torch.equal(actual, expected), name
+    for weight in linear_weights(relaid):
+        assert weight.t().is_contiguous()
+    assert relaid.transformer.wpe.weight.is_contiguous()  # a lookup table, not a matrix-vector product
+
+
+def test_decoding_layout_twice_copies_nothing():
+    model = tiny_lively_model()
+    use_decoding_layout(model)
+    pointers = [weight.data_ptr() for weight in linear_weights(model)]
+    use_decoding_layout(model)
+    assert [weight.data_ptr() for weight in linear_weights(model)] == pointers
+
+
+def test_decoding_layout_leaves_other_devices_alone():
+    with torch.device("meta"):
+        model = GPT(TINY)
+    use_decoding_layout(model)
+    for weight in linear_weights(model):
+        assert weight.is_contiguous()
+
+
+def test_decoding_layout_forward_and_backward_match():
+    plain, relaid = tiny_lively_model(), tiny_lively_model()
+    use_decoding_layout(relaid)
+    idx = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    targets = torch.tensor([[1, 4, 1, 5, 9, 2, 6, 5]])
+
+    plain_logits, plain_loss = plain(idx, targets)
+    relaid_logits, relaid_loss = relaid(idx, targets)
+    torch.testing.assert_close(relaid_logits, plain_logits, rtol=1e-5, atol=1e-4)
+    plain_loss.backward()
+    relaid_loss.backward()
+    for (name, expected), (_name, actual) in zip(plain.named_parameters(), relaid.named_parameters()):
+        torch.testing.assert_close(actual.grad, expected.grad, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_relaid_state_dict_loads_into_plain_model():
+    relaid = tiny_lively_model()
+    use_decoding_layout(relaid)
+    fresh = GPT(TINY).eval()
+    fresh.load_state_dict(relaid.state_dict())
+    fresh.tie_weights()
+    idx = torch.tensor([[2, 7, 1, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(idx)[0], tiny_lively_model()(idx)[0], rtol=0, atol=0)
+
+
+def test_decoding_steps_match_forward_logits_past_context():
+    """Logits of every decoding step equal the plain forward pass over the same window, across three cuts."""
+    plain = tiny_lively_model()
+    decoder = CachedLogits(tiny_lively_model())
+    window = [3, 1, 4, 1, 5]
+    cuts = 0
+    for _step in range(3 * TINY.block_size):
+        with torch.no_grad():
+            expected = plain(torch.tensor([window]))[0][0, -1]
+        actual = decoder(window)
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-4)
+        assert int(actual.argmax()) == int(expected.argmax())
+
+        window.append(int(expected.argmax()))
+        if len(window) > TINY.block_size:
+            del window[: len(window) - kept_after_cut(TINY.block_size)]
+            decoder.reset()
+            cuts += 1
+    assert cuts >= 3
+
+
+def test_decoding_step_is_used_after_prefill(monkeypatch):
+    decoder = CachedLogits(tiny_lively_model())
+    steps = []
+    original_step = decoder._decode_step
+    monkeypatch.setattr(decoder, "_decode_step", lambda token: steps.append(token) or original_step(token))
+    decoder([1, 2, 3])
+    decoder([1, 2, 3, 4])
+    decoder([1, 2, 3, 4, 5])
+    assert steps == [4, 5]
+    assert decoder.cache.length == 5
+
+
+def test_greedy_decoding_equals_plain_forward_past_context():
+    plain = tiny_lively_model()
+    prompt = [2, 7, 1]
+    tokens = greedy(tiny_lively_model(), prompt, 3 * TINY.block_size, use_cache=True)
+
+    window = list(prompt)
+    expected = []
+    for _token in tokens:
+        with torch.no_grad():
+            logits, _ = plain(torch.tensor([window]))
+        expected.append(int(logits[0, -1].argmax()))
+        window.append(expected[-1])
+        if len(window) > TINY.block_size:
+            window = window[-kept_after_cut(TINY.block_size) :]
+    assert tokens == expected
+    assert all(weight.is_contiguous() for weight in linear_weights(plain))  # the reference kept its layout
 
 
 def test_kept_after_cut():
