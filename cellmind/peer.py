@@ -53,6 +53,7 @@ from cellmind.membership import (
 )
 from cellmind.model import GPT
 from cellmind.progress import spinner
+from cellmind.run_files import serve_run_files
 from cellmind.swarm import (
     RunManifest,
     SwarmSettings,
@@ -805,13 +806,13 @@ class TrainingPeer:
         self._manifest_stored_at = time.monotonic()
         self._rejoined_at = time.monotonic()
         self.membership = declare_membership(self.dht, swarm.run_id, swarm.swarm_key)
+        member_check = member_check_for(swarm.run_id, swarm.swarm_key)
+        serve_run_files(self.dht, swarm.run_id, self.config, Path(self.config.tokenizer.model_path), member_check)
 
         # hivemind 1.1.12's averagers set SIGINT to SIG_IGN in this process when they start (run_in_background),
         # so Ctrl-C would have no effect. This puts back the handler that StopSignals installed.
         sigint_handler = signal.getsignal(signal.SIGINT)
-        self.optimizer = make_optimizer(
-            self.dht, self.model, self.config, member_check_for(swarm.run_id, swarm.swarm_key)
-        )
+        self.optimizer = make_optimizer(self.dht, self.model, self.config, member_check)
         signal.signal(signal.SIGINT, sigint_handler)
         if self._resumed_optimizer_state is not None:
             self._load_resumed_optimizer_state()

@@ -157,6 +157,22 @@ def swarm_settings(args: argparse.Namespace, config):
     )
 
 
+def download_missing_files(args: argparse.Namespace, config, settings) -> bool:
+    """Download the swarm's tokenizer and config where this device has none; True if a file was written.
+
+    The config counts as missing only when ``--config`` is not given and ``config.json`` does not exist.
+    """
+    from cellmind.config import DEFAULT_CONFIG_PATH
+    from cellmind.run_files import download_missing_run_files
+
+    config_path = DEFAULT_CONFIG_PATH if args.config is None and not DEFAULT_CONFIG_PATH.exists() else None
+    written = download_missing_run_files(settings, config, config_path)
+    if written:
+        print(_("Downloaded {paths} from the swarm; they match the run's manifest").format(
+            paths=", ".join(map(str, written))), flush=True)
+    return bool(written)
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -165,16 +181,18 @@ def run(args: argparse.Namespace) -> int:
 
     swarm_key = load_optional_swarm_key(args.swarm_key)
     config = with_swarm_key(resolve_config(args), swarm_key)
+    settings = replace(swarm_settings(args, config), swarm_key=swarm_key)
+    if not args.bootstrap and not settings.initial_peers:
+        raise ConfigError(
+            _("give --initial-peers (the join line printed by the bootstrap peer), or --bootstrap to start a swarm")
+        )
+    if not args.bootstrap and args.train and download_missing_files(args, config, settings):
+        config = with_swarm_key(resolve_config(args), swarm_key)
     if config.training.seq_len > config.model.block_size:
         raise ConfigError(
             _("training.seq_len ({seq_len}) exceeds model.block_size ({block_size}); lower seq_len").format(
                 seq_len=config.training.seq_len, block_size=config.model.block_size
             )
-        )
-    settings = replace(swarm_settings(args, config), swarm_key=swarm_key)
-    if not args.bootstrap and not settings.initial_peers:
-        raise ConfigError(
-            _("give --initial-peers (the join line printed by the bootstrap peer), or --bootstrap to start a swarm")
         )
     options = PeerOptions(
         config=config,
