@@ -3,9 +3,9 @@
     python bench/joining.py                       # 2 late joiners, one after the other
     python bench/joining.py --joiners 3
 
-A bootstrap peer and a second peer train the 23M-parameter model together (default micro-batch of 8 windows of
-256 tokens, target batch 32, so that global steps happen within minutes). After their first global step, late
-joiners start one after the other. For each, the table gives three times, counted from starting the process:
+A bootstrap peer and a second peer train the 23M-parameter model together (the config's default micro-batch,
+2 windows of 256 tokens; target batch 32, so that global steps happen within minutes). After their first global
+step, late joiners start one after the other. For each, the table gives three times, counted from starting the process:
 its DHT node is up; it has downloaded the swarm's parameters, optimizer statistics and global epoch ("Joined
 the swarm"); it starts its first micro-step (the "before training" log line).
 
@@ -26,6 +26,8 @@ from common import (
 )
 from corpus import ensure_corpus, write_config
 
+from cellmind.config import TrainingSection
+
 OUT_DIR = WORK_DIR / "joining"
 MARKERS = ("DHT node", "Joined the swarm", "before training")
 GIB = 1 << 30
@@ -34,7 +36,7 @@ GIB = 1 << 30
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--joiners", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=TrainingSection().batch_size)
     parser.add_argument("--target-batch-size", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the first global step")
     args = parser.parse_args()
