@@ -59,7 +59,8 @@ class TrainingSection:
 
     Peers accumulate micro-steps until the swarm has ``swarm.target_batch_size`` samples, so this sets the memory
     of a micro-step, not the update. With 2 windows of 256 tokens the 23M model's activations take about 0.25 GB
-    on a CPU (8 took about 1 GB; see bench/memory.py); a GPU peer may raise it with ``--batch-size-per-step``.
+    on a CPU, against about 1.1 GB with 8 (estimated from the peak RSS of one fp32 forward and backward). A GPU
+    peer may raise it with ``--batch-size-per-step``.
     """
     epochs: int = 0
     """Passes over this peer's own data before it stops; 0 means no limit."""
