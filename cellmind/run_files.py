@@ -71,16 +71,18 @@ def serve_run_files(
     dht: hivemind.DHT, run_id: str, config: Config, tokenizer_path: Path, member_check: MemberCheck | None
 ) -> None:
     """Register the handler that sends this peer's tokenizer and portable config; it lives as long as the DHT."""
-    files = {
-        "tokenizer": Path(tokenizer_path).read_bytes(),
-        "config": json.dumps(portable_config(config), ensure_ascii=False, indent=2).encode(),
-    }
-    dht.run_coroutine(partial(_add_handler, name=handler_name(run_id), files=files, member_check=member_check))
+    config_bytes = json.dumps(portable_config(config), ensure_ascii=False, indent=2).encode()
+    # The DHT process reads the tokenizer file itself: a tokenizer of 8000 pieces (about 140 KB) sent through
+    # run_coroutine's pipe failed with EAGAIN in hivemind 1.1.12, while the config is a few KB.
+    add_handler = partial(_add_handler, name=handler_name(run_id), tokenizer_path=str(Path(tokenizer_path).resolve()),
+                          config_bytes=config_bytes, member_check=member_check)
+    dht.run_coroutine(add_handler)
 
 
-async def _add_handler(dht: hivemind.DHT, node: DHTNode, *, name: str, files: dict[str, bytes],
+async def _add_handler(dht: hivemind.DHT, node: DHTNode, *, name: str, tokenizer_path: str, config_bytes: bytes,
                        member_check: MemberCheck | None) -> None:
-    """Runs inside the DHT process: register the handler on the node's libp2p host."""
+    """Runs inside the DHT process: read the tokenizer and register the handler on the node's libp2p host."""
+    files = {"tokenizer": Path(tokenizer_path).read_bytes(), "config": config_bytes}
 
     async def get_file(request: runtime_pb2.ExpertUID, context: P2PContext) -> runtime_pb2.ExpertInfo:
         if member_check is not None:

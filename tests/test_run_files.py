@@ -2,7 +2,10 @@
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,16 @@ def test_mismatched_run_files_are_named(tiny_run, change, problem):
     assert check_run_files(files, manifest) is None
     change(files)
     assert problem in check_run_files(files, manifest)
+
+
+@pytest.mark.swarm
+def test_large_tokenizer_round_trip(tmp_path):
+    """A file larger than a pipe's buffer, as a tokenizer of 8000 pieces is (about 140 KB), crosses intact."""
+    large = tmp_path / "large.model"
+    large.write_bytes(os.urandom(300_000))
+    script = Path(__file__).with_name("run_files_roundtrip.py")
+    result = subprocess.run([sys.executable, str(script), str(large)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.swarm
