@@ -571,6 +571,12 @@ def sync_with_swarm(optimizer: hivemind.Optimizer, timeout: float, stop_event: t
     return True
 
 
+MAX_STALE_DOWNLOADS = 3
+"""Downloads in a row that bring no newer global epoch before a joining peer starts from what it has."""
+STALE_DOWNLOAD_DELAY = 0.5
+"""Seconds between downloads while the state received lags the swarm's global epoch."""
+
+
 def _download_current_state(optimizer: hivemind.Optimizer, deadline: float) -> None:
     """Load state from peers until it is from the swarm's current global epoch, then rejoin the progress count.
 
@@ -580,11 +586,22 @@ def _download_current_state(optimizer: hivemind.Optimizer, deadline: float) -> N
     """
     averager, tracker = optimizer.state_averager, optimizer.tracker
     tracker.fetched_global_progress_this_epoch.wait(max(0.0, deadline - time.monotonic()))
+    stale_downloads, best_epoch = 0, -1
     while True:
         averager.load_state_from_peers(timeout=max(1.0, deadline - time.monotonic()))
         if averager.local_epoch >= tracker.global_epoch or time.monotonic() >= deadline:
             break
+        # A progress record of a peer that has left, or of one that does not share its state, can keep the
+        # swarm's epoch ahead of every state on offer: after a few downloads that bring nothing newer, start
+        # from the newest state received, as hivemind does when a download lags the swarm.
+        stale_downloads = stale_downloads + 1 if averager.local_epoch <= best_epoch else 0
+        best_epoch = max(best_epoch, averager.local_epoch)
+        if stale_downloads >= MAX_STALE_DOWNLOADS:
+            logger.warning(f"No peer offers a state newer than global epoch {averager.local_epoch} "
+                           f"(the swarm reports {tracker.global_epoch}); starting from it")
+            break
         logger.info(f"Downloaded global epoch {averager.local_epoch}, swarm is at {tracker.global_epoch}; again")
+        time.sleep(min(STALE_DOWNLOAD_DELAY, max(0.0, deadline - time.monotonic())))
 
     # the bookkeeping hivemind.Optimizer.load_state_from_peers does after a download
     tracker.report_local_progress(local_epoch=averager.local_epoch, samples_accumulated=0)
