@@ -2,6 +2,7 @@
 
     python bench/collaboration.py                 # 2 alternating repetitions of each setup, then the leave test
     python bench/collaboration.py --repeats 3 --target-loss 6.0
+    python bench/collaboration.py --model 23m --precision bf16 --target-batch-size 32 --target-loss 7.5
 
 Setups, each on the benchmark corpus with the same model, data, target batch size (``--target-batch-size``
 samples per optimizer step, micro-batches of 8) and learning-rate schedule, one math thread per process:
@@ -15,9 +16,10 @@ samples per optimizer step, micro-batches of 8) and learning-rate schedule, one 
 Every setup validates on the same 8 validation batches every 2 optimizer steps (and saves a checkpoint then, as
 the peers do). The clock starts when the first process starts training: the peer's "before training" log line,
 or DDP's first step. It stops at the first validation loss at or below ``--target-loss``, so process start-up
-is not counted. The model is small (2 layers, 128 wide, 64-token context, 1.2M
+is not counted. By default the model is small (``--model tiny``: 2 layers, 128 wide, 64-token context, 1.2M
 parameters) so that every setup reaches the target within minutes on two shared cores; its compute per
-optimizer step is far smaller than the 23M model's, which makes the averaging overhead weigh more here.
+optimizer step is far smaller than the 23M model's (``--model 23m``), which makes the averaging overhead weigh
+more. ``--precision`` applies to the peers and the DDP ranks alike.
 
 The leave test then SIGKILLs one of two processes after a few optimizer steps and counts the optimizer steps the
 survivor takes in the next ``--leave-watch`` seconds: DDP's surviving rank fails in its next all-reduce, while
@@ -57,24 +59,36 @@ def peer_command(*arguments: str) -> list[str]:
     return [sys.executable, "-c", PEER_PROGRAM, *arguments]
 
 
-def make_config(target_batch_size: int, run_id: str, compression: str):
+MODELS = {
+    # 1.2M parameters: every setup reaches the target within minutes, but a round's fixed costs weigh heavily
+    "tiny": dict(model=TINY_MODEL, seq_len=TINY_MODEL["block_size"], batch_size=8, lr=3e-3),
+    # the product's 23M model at its default micro-batch, with a faster warm-up than the default config
+    "23m": dict(model={}, seq_len=256, batch_size=2, lr=1e-3),
+}
+
+
+def make_config(args, run_id: str):
     """Write the run's config, removing what an earlier run of the same name left (a peer would resume it)."""
     shutil.rmtree(OUT_DIR / run_id, ignore_errors=True)
     paths = ensure_corpus()
+    setup = MODELS[args.model]
     return write_config(
-        OUT_DIR / f"{run_id}.json", paths, small=True, model=TINY_MODEL,
-        training={"seq_len": TINY_MODEL["block_size"], "batch_size": 8, "lr": 3e-3, "warmup_steps": 5,
-                  "checkpoint_every": VALIDATE_EVERY},
-        swarm={"target_batch_size": target_batch_size, "matchmaking_time": 2.0, "averaging_timeout": 30.0,
-               "run_id": run_id, "compression": compression},
+        OUT_DIR / f"{run_id}.json", paths, small=args.model == "tiny", model=setup["model"],
+        training={"seq_len": setup["seq_len"], "batch_size": setup["batch_size"], "lr": setup["lr"],
+                  "warmup_steps": 5, "checkpoint_every": VALIDATE_EVERY},
+        swarm={"target_batch_size": args.target_batch_size, "matchmaking_time": 2.0, "averaging_timeout": 30.0,
+               "run_id": run_id, "compression": args.compression},
     )
 
 
 # DDP ranks
 
 
-def ddp_rank(config_path: str, rank: int, port: int, max_steps: int) -> None:
-    """Train as one DDP rank; print a JSON line per optimizer step and, on rank 0, per validation."""
+def ddp_rank(config_path: str, rank: int, port: int, max_steps: int, precision: str) -> None:
+    """Train as one DDP rank; print a JSON line per optimizer step and, on rank 0, per validation.
+
+    ``precision`` ``bf16`` runs forward and loss in bf16 autocast, as a peer does with ``--precision bf16``.
+    """
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -99,6 +113,7 @@ def ddp_rank(config_path: str, rank: int, port: int, max_steps: int) -> None:
     optimizer = optimizer_factory(config)(parameter_groups(model, training.weight_decay))
     scheduler = scheduler_factory(config)(optimizer)
     micro_steps = max(1, config.swarm.target_batch_size // (2 * training.batch_size))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     _emit(event="start", rank=rank)
     for step in range(1, max_steps + 1):
         ddp.train()
@@ -106,17 +121,22 @@ def ddp_rank(config_path: str, rank: int, port: int, max_steps: int) -> None:
             x, y = windows.get_batch(training.batch_size)
             if micro < micro_steps - 1:
                 with ddp.no_sync():
-                    (ddp(x, y)[1] / micro_steps).backward()
+                    with autocast:
+                        loss = ddp(x, y)[1]
+                    (loss / micro_steps).backward()
             else:
-                (ddp(x, y)[1] / micro_steps).backward()  # this backward all-reduces the accumulated gradients
+                with autocast:
+                    loss = ddp(x, y)[1]
+                (loss / micro_steps).backward()  # this backward all-reduces the accumulated gradients
         torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
         _emit(event="step", rank=rank, step=step)
         if rank == 0 and step % VALIDATE_EVERY == 0:
-            loss = validation_loss(model, val_file, seq_len=training.seq_len, batch_size=training.batch_size,
-                                   max_batches=VAL_BATCHES)
+            with autocast:
+                loss = validation_loss(model, val_file, seq_len=training.seq_len, batch_size=training.batch_size,
+                                       max_batches=VAL_BATCHES)
             save_checkpoint(Path(config_path).with_suffix(""), model=model, optimizer_state=optimizer.state_dict(),
                             global_epoch=step, config=config, tokenizer_sha256=tokenizer.sha256, keep=0)
             _emit(event="validation", rank=rank, step=step, loss=loss)
@@ -169,10 +189,10 @@ def parse_peer_log(path: Path, run: Run, first: bool) -> None:
 
 def run_peers(processes: Processes, count: int, args, index: int) -> Run:
     run_id = f"bench-collab-{count}p-{index}"
-    config = make_config(args.target_batch_size, run_id, args.compression)
+    config = make_config(args, run_id)
     run_dir = OUT_DIR / run_id
     common = ["--config", str(config), "--threads", "1", "-v", "--max-time", f"{args.max_time:.0f}s",
-              "--host-maddrs", "/ip4/127.0.0.1/tcp/0"]
+              "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--precision", args.precision]
     run = Run(f"{count} peer" + ("s" if count > 1 else ""))
     bootstrap = processes.start(peer_command(
         "--bootstrap", "--identity", str(run_dir / "identity.key"), "--seed", "1",
@@ -197,11 +217,12 @@ def _peer_run(run: Run, peers) -> Run:
 
 
 def run_ddp(processes: Processes, args, index: int, max_steps: int = 100000) -> tuple[Run, list]:
-    config = make_config(args.target_batch_size, f"bench-collab-ddp-{index}", args.compression)
+    config = make_config(args, f"bench-collab-ddp-{index}")
     port = free_port()
     run = Run("DDP gloo, 2 ranks")
     ranks = [processes.start(python_command(__file__, "--ddp-rank", str(rank), "--ddp-config", str(config),
-                                            "--ddp-port", str(port), "--ddp-max-steps", str(max_steps)),
+                                            "--ddp-port", str(port), "--ddp-max-steps", str(max_steps),
+                                            "--precision", args.precision),
                              OUT_DIR / f"ddp-{index}-rank{rank}.log") for rank in (0, 1)]
     _wait_for_target(ranks, lambda: _ddp_run(run, ranks[0]), args)
     for rank in ranks:
@@ -240,15 +261,16 @@ def leave_test(processes: Processes, args) -> list[list]:
     """SIGKILL one of two DDP ranks and one of two peers after a few steps; count the survivor's later steps."""
     rows = []
     run, ranks = None, None
-    config = make_config(args.target_batch_size, "bench-leave-ddp", args.compression)
+    config = make_config(args, "bench-leave-ddp")
     port = free_port()
     ranks = [processes.start(python_command(__file__, "--ddp-rank", str(rank), "--ddp-config", str(config),
-                                            "--ddp-port", str(port), "--ddp-max-steps", "100000"),
+                                            "--ddp-port", str(port), "--ddp-max-steps", "100000",
+                                            "--precision", args.precision),
                              OUT_DIR / f"leave-ddp-rank{rank}.log") for rank in (0, 1)]
     rows.append(_kill_and_watch("DDP gloo, 2 ranks", processes, ranks,
                                 lambda: len(_ddp_run(Run("ddp"), ranks[0]).step_times), args))
 
-    config = make_config(args.target_batch_size, "bench-leave-peers", args.compression)
+    config = make_config(args, "bench-leave-peers")
     run_dir = OUT_DIR / "bench-leave-peers"
     common = ["--config", str(config), "--threads", "1", "-v", "--host-maddrs", "/ip4/127.0.0.1/tcp/0"]
     bootstrap = processes.start(peer_command(
@@ -288,6 +310,10 @@ def main() -> int:
     parser.add_argument("--ddp-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ddp-max-steps", type=int, default=100000, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny",
+                        help="tiny: 2 layers, 128 wide, 64 tokens (1.2M parameters); 23m: the product's model")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the same precision for peers and DDP ranks (bf16: autocast)")
     parser.add_argument("--target-loss", type=float, default=7.0, help="validation loss to reach (nats per token)")
     parser.add_argument("--target-batch-size", type=int, default=64)
     parser.add_argument("--compression", default="fp16", choices=["none", "fp16", "uint8"])
@@ -299,7 +325,7 @@ def main() -> int:
     parser.add_argument("--no-leave-test", dest="leave_test", action="store_false")
     args = parser.parse_args()
     if args.ddp_rank is not None:
-        ddp_rank(args.ddp_config, args.ddp_rank, args.ddp_port, args.ddp_max_steps)
+        ddp_rank(args.ddp_config, args.ddp_rank, args.ddp_port, args.ddp_max_steps, args.precision)
         return 0
 
     print_machine("Collaboration speedup and DDP baseline: time to a fixed validation loss", threads="1 per process")
@@ -315,8 +341,11 @@ def main() -> int:
                       f"validations {[(step, round(loss, 3)) for _t, step, loss in run.validations]}", flush=True)
         leave_rows = leave_test(processes, args) if args.leave_test else []
 
-    print(f"model: {TINY_MODEL}, target batch {args.target_batch_size} samples of {TINY_MODEL['block_size']} "
-          f"tokens, micro-batch 8, compression {args.compression}, target validation loss {args.target_loss}, "
+    model_setup = MODELS[args.model]
+    print(f"model: {args.model} {model_setup['model']}, target batch {args.target_batch_size} samples of "
+          f"{model_setup['seq_len']} tokens, micro-batch {model_setup['batch_size']}, lr {model_setup['lr']}, "
+          f"precision {args.precision}, "
+          f"compression {args.compression}, target validation loss {args.target_loss}, "
           f"{args.repeats} repetitions (alternating)")
     print_table(["setup", "s to target", "steps to target", "steps/min", "share of time in global steps",
                  "/ 1 peer", "/ DDP"], _summary_rows(results, args.target_loss))
