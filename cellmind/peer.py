@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 
 import hivemind
+from hivemind.utils import get_dht_time
 import torch
 from hivemind.compression import (
     CompressionBase,
@@ -535,6 +536,35 @@ def state_sharers(optimizer: hivemind.Optimizer) -> int:
     return sum(1 for peer, entry in found.value.items() if peer != own and entry.value is not None)
 
 
+def announce_resumed_epoch(optimizer: hivemind.Optimizer) -> None:
+    """Store the epoch of the checkpoint this peer resumed, for peers restarting at the same time.
+
+    Hivemind's progress records cannot carry it: a ProgressTracker (hivemind 1.1.12) stores its record only
+    after the peer has accumulated samples.
+    """
+    optimizer.dht.store(
+        f"{optimizer.run_id}_{RESUMED_FIELD}", optimizer.local_epoch, get_dht_time() + 3 * RESUME_WAIT,
+        subkey=optimizer.dht.peer_id.to_bytes(), return_future=True,
+    )
+
+
+def newest_reported_epoch(optimizer: hivemind.Optimizer) -> int | None:
+    """The highest epoch another peer reports, in Hivemind's progress records or as its resumed checkpoint."""
+    dht, own = optimizer.dht, optimizer.dht.peer_id.to_bytes()
+    epochs = []
+    progress = dht.get(f"{optimizer.run_id}_progress", latest=True)
+    if progress is not None and isinstance(progress.value, dict):
+        for entry in progress.value.values():
+            record = entry.value
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record.get("peer_id") != own:
+                epochs.append(record["epoch"])
+    resumed = dht.get(f"{optimizer.run_id}_{RESUMED_FIELD}", latest=True)
+    if resumed is not None and isinstance(resumed.value, dict):
+        epochs += [entry.value for peer, entry in resumed.value.items()
+                   if peer != own and isinstance(entry.value, int)]
+    return max(epochs, default=None)
+
+
 def sync_with_swarm(optimizer: hivemind.Optimizer, timeout: float, stop_event: threading.Event) -> bool:
     """Download the swarm's parameters, optimizer statistics and global epoch if any peer offers them.
 
@@ -571,6 +601,10 @@ def sync_with_swarm(optimizer: hivemind.Optimizer, timeout: float, stop_event: t
     return True
 
 
+RESUMED_FIELD = "resumed"
+RESUME_WAIT = 10.0
+"""Seconds a peer that resumed its checkpoint waits for peers with newer ones before it trains on its own."""
+RESUME_POLL_PERIOD = 1.0
 MAX_STALE_DOWNLOADS = 3
 """Downloads in a row that bring no newer global epoch before a joining peer starts from what it has."""
 STALE_DOWNLOAD_DELAY = 0.5
@@ -831,9 +865,10 @@ class TrainingPeer:
         sigint_handler = signal.getsignal(signal.SIGINT)
         self.optimizer = make_optimizer(self.dht, self.model, self.config, member_check)
         signal.signal(signal.SIGINT, sigint_handler)
-        if self._resumed_optimizer_state is not None:
+        resumed = self._resumed_optimizer_state is not None
+        if resumed:
             self._load_resumed_optimizer_state()
-        if sync_with_swarm(self.optimizer, options.load_state_timeout, options.stop_event):
+        if self._take_swarm_state(resumed):
             print(
                 _("Joined the swarm at global epoch {epoch} (parameter digest {digest})").format(
                     epoch=self.optimizer.local_epoch, digest=parameter_digest(self.model.state_dict())
@@ -841,7 +876,7 @@ class TrainingPeer:
                 flush=True,
             )
         else:
-            logger.info(f"No peer shares training state yet; starting at global epoch {self.optimizer.local_epoch}")
+            logger.info(f"Starting at global epoch {self.optimizer.local_epoch} without the swarm's state")
         logger.info(
             f"parameters at global epoch {self.optimizer.local_epoch} before training: "
             f"digest {parameter_digest(self.model.state_dict())}"
@@ -859,6 +894,31 @@ class TrainingPeer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(options.tensorboard_dir))
+
+    def _take_swarm_state(self, resumed: bool) -> bool:
+        """Download the swarm's state unless this peer resumed a checkpoint at least as new; True if downloaded.
+
+        When every peer restarts at once, the first one back would otherwise train alone from its own, perhaps
+        older, checkpoint, and the others would then download its state. So a resumed peer reports its epoch,
+        offers its state at that priority, and waits up to :data:`RESUME_WAIT` seconds for a peer that reports a
+        newer epoch. It downloads only from a swarm ahead of its checkpoint.
+        """
+        options, optimizer = self.options, self.optimizer
+        if not resumed:
+            return sync_with_swarm(optimizer, options.load_state_timeout, options.stop_event)
+        optimizer.state_averager.state_sharing_priority = optimizer.local_epoch
+        announce_resumed_epoch(optimizer)
+        deadline = time.monotonic() + RESUME_WAIT
+        logger.info(f"Resumed at global epoch {optimizer.local_epoch}; waiting up to {RESUME_WAIT:.0f} s for peers "
+                    "with newer checkpoints")
+        while True:
+            newest = newest_reported_epoch(optimizer)
+            if newest is not None and newest > optimizer.local_epoch and state_sharers(optimizer) > 0:
+                logger.info(f"A peer reports global epoch {newest}, newer than this checkpoint; downloading")
+                return sync_with_swarm(optimizer, options.load_state_timeout, options.stop_event)
+            if time.monotonic() >= deadline or options.stop_event.wait(RESUME_POLL_PERIOD):
+                logger.info(f"No peer reports a checkpoint newer than global epoch {optimizer.local_epoch}")
+                return False
 
     def _load_resumed_optimizer_state(self) -> None:
         try:

@@ -4,18 +4,19 @@ One scenario, in order, so that the swarm is started once: a relay bootstrap (``
 started within one second form one swarm; a trainer SIGKILLs itself inside a gradient all-reduce (through
 ``tests/fault_hooks``, in its second round of all four trainers that still runs 50 ms after it starts); the relay is
 SIGKILLed; a new peer joins through a trainer's address, and the trainer it downloads its state from is
-SIGKILLed as the download starts; then every peer is stopped and started again and training resumes from the
-newest checkpoint among them. It takes about three minutes on two cores.
+SIGKILLed as the download starts; then every peer is stopped and started again, one of them with a checkpoint
+three epochs older, and training resumes from the newest checkpoint among them. It takes about three minutes on two cores.
 """
 
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
 import pytest
 
-from cellmind.checkpoints import load_checkpoint
+from cellmind.checkpoints import load_checkpoint, numbered_name
 from conftest import free_port
 
 pytestmark = pytest.mark.swarm
@@ -158,11 +159,23 @@ def test_stop_all_and_restart_resumes_from_newest_checkpoint(swarm):
     newest = max(epochs.values())
     assert newest > 3
 
+    # One peer comes back with a checkpoint three epochs older: it must take the newest state, not train on its own.
+    holder = min(name for name, epoch in epochs.items() if epoch == newest)
+    older = numbered_name(newest - 3)
+    laggard = next(name for name in sorted(running)
+                   if name != holder and (swarm.run.root / f"{name}-checkpoints" / older).is_file())
+    laggard_dir = swarm.run.root / f"{laggard}-checkpoints"
+    shutil.copyfile(laggard_dir / older, laggard_dir / "latest.pt")
+
     relay_address = swarm.start_relay(suffix="-restarted")
-    restarted = [swarm.start_trainer(name, relay_address, suffix="-restarted") for name in running]
-    for peer in restarted:
+    restarted = {name: swarm.start_trainer(name, relay_address, suffix="-restarted") for name in running}
+    for peer in restarted.values():
         peer.wait_for(r"Resuming from .* at global epoch", START_TIMEOUT)
         first_step = int(peer.wait_for(STEP_LINE, START_TIMEOUT).group(1))
-        # The first peer back may train alone for a while, so later peers join further on; but no peer may
-        # repeat an epoch the newest checkpoint already holds, as one starting from scratch or an older state would.
+        # No peer may repeat an epoch the newest checkpoint already holds, as one starting from scratch or from an
+        # older state would.
         assert first_step > newest, f"first global step {first_step}, newest checkpoint at {newest}"
+    assert restarted[laggard].matches(rf"Resuming from .* at global epoch {newest - 3}\b")
+    assert restarted[laggard].matches(r"newer than this checkpoint; downloading")
+    joined = int(restarted[laggard].wait_for(JOINED, START_TIMEOUT, start=0).group(1))
+    assert joined >= newest
