@@ -549,7 +549,7 @@ def announce_resumed_epoch(optimizer: hivemind.Optimizer) -> None:
 
 
 def newest_reported_epoch(optimizer: hivemind.Optimizer) -> int | None:
-    """The highest epoch another peer reports, in Hivemind's progress records or as its resumed checkpoint."""
+    """Return the highest epoch another peer reports, in Hivemind's progress records or as its resumed checkpoint."""
     dht, own = optimizer.dht, optimizer.dht.peer_id.to_bytes()
     epochs = []
     progress = dht.get(f"{optimizer.run_id}_progress", latest=True)
