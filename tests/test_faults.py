@@ -1,11 +1,16 @@
 """Faults that happen every day, in one swarm of separate processes on 127.0.0.1.
 
-One scenario, in order, so that the swarm is started once: a relay bootstrap (``--no-train``) and four trainers
-started within one second form one swarm; a trainer SIGKILLs itself inside a gradient all-reduce (through
-``tests/fault_hooks``, in its second round of all four trainers that still runs 50 ms after it starts); the relay is
-SIGKILLed; a new peer joins through a trainer's address, and the trainer it downloads its state from is
-SIGKILLed as the download starts; then every peer is stopped and started again, one of them with a checkpoint
-three epochs older, and training resumes from the newest checkpoint among them. It takes about three minutes on two cores.
+One scenario, in order, so that the swarm is started once:
+
+- a relay bootstrap (``--no-train``) and four trainers started within one second form one swarm;
+- a trainer SIGKILLs itself inside a gradient all-reduce (through ``tests/fault_hooks``, in its second round of
+  all four trainers that still runs 50 ms after it starts);
+- the relay is SIGKILLed, and a new peer joins through a trainer's address; the trainer it downloads its state
+  from is SIGKILLed as the download starts;
+- every peer is stopped and started again, one of them with a checkpoint three epochs older, and training
+  resumes from the newest checkpoint among them.
+
+It takes about three minutes on two cores.
 """
 
 import os
