@@ -28,8 +28,11 @@ OUT_DIR = WORK_DIR / "peer_overhead"
 SEQ_LEN = 256
 
 
-def bare_loop(config_path: str, steps: int) -> None:
-    """Train like the peer without Hivemind; print one JSON line per AdamW step with wall and CPU time."""
+def bare_loop(config_path: str, steps: int, precision: str) -> None:
+    """Train like the peer without Hivemind; print one JSON line per AdamW step with wall and CPU time.
+
+    ``precision`` ``bf16`` runs forward and loss in bf16 autocast, as the peer does with ``--precision bf16``.
+    """
     import torch
 
     from cellmind.config import load_config
@@ -45,11 +48,13 @@ def bare_loop(config_path: str, steps: int) -> None:
     optimizer = optimizer_factory(config)(parameter_groups(model, config.training.weight_decay))
     scheduler = scheduler_factory(config)(optimizer)
     micro_steps = config.swarm.target_batch_size // config.training.batch_size
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
     for _step in range(steps):
         for _micro in range(micro_steps):
             x, y = windows.get_batch(config.training.batch_size)
-            _, loss = model(x, y)
+            with autocast:
+                _, loss = model(x, y)
             (loss / micro_steps).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip)
         optimizer.step()
@@ -58,10 +63,11 @@ def bare_loop(config_path: str, steps: int) -> None:
         print(json.dumps({"time": time.monotonic(), "cpu": time.process_time(), "loss": loss.item()}), flush=True)
 
 
-def measure_bare(processes: Processes, config_path, steps: int, tokens_per_step: int) -> tuple[float, float]:
+def measure_bare(processes: Processes, config_path, steps: int, tokens_per_step: int,
+                 precision: str) -> tuple[float, float]:
     log = OUT_DIR / "bare.log"
     process = processes.start(python_command(__file__, "--bare-loop", str(config_path), "--global-steps",
-                                             str(steps)), log)
+                                             str(steps), "--precision", precision), log)
     process.wait()
     records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     if process.returncode != 0 or len(records) != steps:
@@ -71,14 +77,14 @@ def measure_bare(processes: Processes, config_path, steps: int, tokens_per_step:
     return tokens / (last["time"] - first["time"]), tokens / (last["cpu"] - first["cpu"])
 
 
-def measure_peer(processes: Processes, config_path, steps: int, tokens_per_step: int, index: int):
+def measure_peer(processes: Processes, config_path, steps: int, tokens_per_step: int, index: int, precision: str):
     peer_dir = OUT_DIR / f"peer-{index}"
     shutil.rmtree(peer_dir, ignore_errors=True)  # a checkpoint left there would be resumed
     command = peer_command(
         "--bootstrap", "--config", str(config_path), "--threads", "1", "--max-steps", str(steps),
         "--host-maddrs", "/ip4/127.0.0.1/tcp/0", "--identity", str(peer_dir / "identity.key"),
         "--checkpoint-dir", str(peer_dir / "checkpoints"), "--run-id", f"bench-overhead-{index}",
-        "--checkpoint-every", "100000", "--name", "overhead",
+        "--checkpoint-every", "100000", "--name", "overhead", "--precision", precision,
     )
     process = processes.start(command, OUT_DIR / f"peer-{index}.log")
     sampler = TreeSampler(process, marker=" | loss ", period=0.05)
@@ -103,9 +109,11 @@ def main() -> int:
     parser.add_argument("--global-steps", type=int, default=3, help="AdamW steps per run; the first starts the clock")
     parser.add_argument("--batch-size", type=int, default=4, help="windows of 256 tokens per micro-step")
     parser.add_argument("--target-batch-size", type=int, default=16)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the same precision for the peer and the bare loop (bf16: autocast)")
     args = parser.parse_args()
     if args.bare_loop:
-        bare_loop(args.bare_loop, args.global_steps)
+        bare_loop(args.bare_loop, args.global_steps, args.precision)
         return 0
 
     print_machine("Peer overhead: one cellmind-peer alone against a bare PyTorch loop", threads="1 per process")
@@ -119,14 +127,16 @@ def main() -> int:
     rates: dict[str, list[tuple[float, float]]] = {"bare loop": [], "cellmind-peer": []}
     with Processes() as processes:
         for index in range(args.repeats):
-            rates["bare loop"].append(measure_bare(processes, config_path, args.global_steps, tokens_per_step))
+            rates["bare loop"].append(
+                measure_bare(processes, config_path, args.global_steps, tokens_per_step, args.precision))
             rates["cellmind-peer"].append(
-                measure_peer(processes, config_path, args.global_steps, tokens_per_step, index))
+                measure_peer(processes, config_path, args.global_steps, tokens_per_step, index, args.precision))
             print(f"repetition {index + 1}: bare {rates['bare loop'][-1]}, peer {rates['cellmind-peer'][-1]}",
                   flush=True)
 
     print(f"23M model, micro-batch {args.batch_size} x {SEQ_LEN} tokens, target batch {args.target_batch_size} "
-          f"samples, {args.global_steps - 1} timed AdamW steps per run, {args.repeats} alternating repetitions")
+          f"samples, {args.global_steps - 1} timed AdamW steps per run, {args.repeats} alternating repetitions, "
+          f"precision {args.precision}")
     ratios_wall = [peer[0] / bare[0] for bare, peer in zip(rates["bare loop"], rates["cellmind-peer"])]
     ratios_cpu = [peer[1] / bare[1] for bare, peer in zip(rates["bare loop"], rates["cellmind-peer"])]
     rows = [[name, median([r[0] for r in values]), median([r[1] for r in values])] for name, values in rates.items()]
