@@ -19,9 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import math
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import AsyncIterator  # hivemind's ServicerBase recognizes streams by typing's alias only
@@ -32,7 +30,7 @@ from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
 from hivemind.utils import ValueWithExpiration, get_dht_time
 
-from cellmind.swarm_key import REJECTION_LOG_PERIOD, REJECTION_MARKER, SwarmKey, SwarmKeyRejected
+from cellmind.swarm_key import REJECTION_LOG_PERIOD, REJECTION_MARKER, RejectionLog, SwarmKey, SwarmKeyRejected
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ def members_key(run_id: str) -> str:
 
 
 def membership_token(swarm_key: SwarmKey, peer_id: PeerID) -> bytes:
-    """The value only a key holder can compute for ``peer_id``: HMAC-SHA256 of its bytes under a derived key."""
+    """Compute the value only a key holder can compute for ``peer_id``: HMAC-SHA256 of its bytes under a derived key."""
     return hmac.new(swarm_key.derive("averager membership"), peer_id.to_bytes(), hashlib.sha256).digest()
 
 
@@ -113,10 +111,10 @@ def declare_membership(dht: hivemind.DHT, run_id: str, swarm_key: SwarmKey | Non
 
 
 class MemberCheck:
-    """Decides whether a caller of an averager RPC holds the swarm key; used inside the averager's process.
+    """Check whether the caller of an averager RPC has the swarm key, inside the averager's process.
 
     Valid members are remembered for the life of the process. A caller without a valid record is looked up
-    :data:`LOOKUP_ATTEMPTS` times, :data:`LOOKUP_RETRY_DELAY` seconds apart, then rejected; its rejection is
+    :data:`LOOKUP_ATTEMPTS` times, :data:`LOOKUP_RETRY_DELAY` seconds apart, and then rejected. Its rejection is
     logged once per :data:`REJECTION_LOG_PERIOD` seconds.
     """
 
@@ -124,7 +122,7 @@ class MemberCheck:
         self.members_key = members_key(run_id)
         self._swarm_key = swarm_key
         self._members: set[PeerID] = set()
-        self._last_logged: dict[PeerID, float] = {}
+        self._rejections = RejectionLog()
 
     async def require_member(
         self, fetch_members: FetchMembers, local_id: PeerID, remote_id: PeerID, handler: str
@@ -144,7 +142,7 @@ class MemberCheck:
                 return
         self._log_rejection(remote_id, handler)
         raise SwarmKeyRejected(
-            f"{REJECTION_MARKER}: peer {remote_id} did not prove that it holds this swarm's key; "
+            f"{REJECTION_MARKER}: peer {remote_id} has no valid membership record of this swarm; "
             "start it with the same --swarm-key file as the other peers"
         )
 
@@ -163,12 +161,8 @@ class MemberCheck:
                 self._members.add(peer_id)
 
     def _log_rejection(self, remote_id: PeerID, handler: str) -> None:
-        now = time.monotonic()
-        if now - self._last_logged.get(remote_id, -math.inf) < REJECTION_LOG_PERIOD:
+        if not self._rejections.first_in_period(remote_id):
             return
-        if len(self._last_logged) > 10_000:  # an endless stream of new peer ids must not grow this without bound
-            self._last_logged.clear()
-        self._last_logged[remote_id] = now
         logger.warning(
             f"Rejected a {handler} request from peer {remote_id}: it has no membership record of this swarm; "
             "it needs this swarm's --swarm-key file"

@@ -171,6 +171,26 @@ def load_optional_swarm_key(path: Path | None) -> SwarmKey | None:
 # the DHT authorizer
 
 
+class RejectionLog:
+    """Decides which rejected callers to log: each one once per :data:`REJECTION_LOG_PERIOD` seconds."""
+
+    MAX_CALLERS = 10_000
+    """Callers remembered; an endless stream of new ids clears the memory instead of growing it without bound."""
+
+    def __init__(self):
+        self._last_logged: dict[object, float] = {}
+
+    def first_in_period(self, caller: object) -> bool:
+        """Return True (and remember the time) if ``caller`` was not logged in the last period."""
+        now = time.monotonic()
+        if now - self._last_logged.get(caller, -math.inf) < REJECTION_LOG_PERIOD:
+            return False
+        if len(self._last_logged) > self.MAX_CALLERS:
+            self._last_logged.clear()
+        self._last_logged[caller] = now
+        return True
+
+
 class SwarmKeyRejected(PermissionError):
     """Raised inside a DHT handler for a request without a valid HMAC; its text reaches the caller."""
 
@@ -186,7 +206,7 @@ class SwarmKeyAuthorizer(AuthorizerBase):
     def __init__(self, mac_key: bytes):
         self._mac_key = mac_key
         self._recent_nonces = TimedStorage()
-        self._last_logged: dict[bytes, float] = {}
+        self._rejections = RejectionLog()
 
     def _mac(self, role: bytes, message) -> bytes:
         return hmac.new(self._mac_key, role + message.SerializeToString(), hashlib.sha256).digest()
@@ -221,12 +241,8 @@ class SwarmKeyAuthorizer(AuthorizerBase):
 
     def _log_rejection(self, request: AuthorizedRequestBase, problem: str) -> None:
         node_id = bytes(request.peer.node_id) if request.HasField("peer") else b""
-        now = time.monotonic()
-        if now - self._last_logged.get(node_id, -math.inf) < REJECTION_LOG_PERIOD:
+        if not self._rejections.first_in_period(node_id):
             return
-        if len(self._last_logged) > 10_000:  # an endless stream of new node ids must not grow this without bound
-            self._last_logged.clear()
-        self._last_logged[node_id] = now
         sender = node_id.hex()[:16] if node_id else "unknown"
         logger.warning(f"Rejected a DHT request from node {sender}: {problem}; it needs this swarm's --swarm-key file")
 
