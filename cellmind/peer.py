@@ -625,8 +625,8 @@ def _download_current_state(optimizer: hivemind.Optimizer, deadline: float) -> N
         averager.load_state_from_peers(timeout=max(1.0, deadline - time.monotonic()))
         if averager.local_epoch >= tracker.global_epoch or time.monotonic() >= deadline:
             break
-        # A progress record of a peer that has left, or of one that does not share its state, can keep the
-        # swarm's epoch ahead of every state on offer: after a few downloads that bring nothing newer, start
+        # The progress record of a peer that has left, or of a peer that shares no state, can keep the swarm's
+        # epoch ahead of every state on offer. So after a few downloads that bring nothing newer, the peer starts
         # from the newest state received, as hivemind does when a download lags the swarm.
         stale_downloads = stale_downloads + 1 if averager.local_epoch <= best_epoch else 0
         best_epoch = max(best_epoch, averager.local_epoch)

@@ -6,11 +6,11 @@ sent without the fields that only make sense on the sending device (:data:`LOCAL
 the micro-batch size, the run id). The handler runs inside the DHT process, and in a private swarm it serves
 only callers with a membership record (:mod:`cellmind.membership`).
 
-A peer started without a tokenizer file or without a config file (:func:`download_missing_run_files`) asks the
-peers that offer their training state, checks the tokenizer's SHA-256 and the config's model shape and target
-batch size against the run manifest, and writes both files atomically. Hivemind's protobufs carry the bytes
-(``runtime_pb2.ExpertUID`` for the request, ``runtime_pb2.ExpertInfo`` for the response), so no new message
-types are compiled.
+A peer started without a tokenizer file or without a config file (:func:`download_missing_run_files`) requests
+them from the peers that offer their training state. It checks the tokenizer's SHA-256 and the config's model
+shape and target batch size against the run manifest, and writes both files atomically. Hivemind's protobufs
+carry the bytes (``runtime_pb2.ExpertUID`` for the request, ``runtime_pb2.ExpertInfo`` for the response), so no
+new message types are compiled.
 """
 
 import asyncio

@@ -5,7 +5,7 @@ One scenario, in order, so that the swarm is started once:
 - a relay bootstrap (``--no-train``) and four trainers started within one second form one swarm;
 - a trainer SIGKILLs itself inside a gradient all-reduce (through ``tests/fault_hooks``, in its second round of
   all four trainers that still runs 50 ms after it starts);
-- the relay is SIGKILLed, and a new peer joins through a trainer's address; the trainer it downloads its state
+- the relay is SIGKILLed, and a new peer joins through a trainer's address. The trainer it downloads its state
   from is SIGKILLed as the download starts;
 - every peer is stopped and started again, one of them with a checkpoint three epochs older, and training
   resumes from the newest checkpoint among them.
@@ -117,7 +117,8 @@ def test_four_peers_started_together_form_one_swarm(swarm):
 def test_sigkill_during_averaging_others_step_on(swarm):
     victim = swarm.peers["trainer3"]
     round_number, group_size = map(int, victim.wait_for(DYING_LINE, START_TIMEOUT).groups())
-    assert round_number >= 2 and group_size == TRAINERS
+    assert round_number >= 2
+    assert group_size == TRAINERS
     assert victim.process.wait(STEP_TIMEOUT) == -signal.SIGKILL
     survivors = [swarm.peers[name] for name in ("trainer0", "trainer1", "trainer2")]
     marks = [len(peer.lines) for peer in survivors]
