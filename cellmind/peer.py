@@ -758,6 +758,7 @@ def run_peer(options: PeerOptions) -> int:
     """Join or start the swarm and train until a limit, a signal or ``options.stop_event``; return global steps."""
     if options.threads:
         torch.set_num_threads(options.threads)
+    raise_open_file_limit()
     with StopSignals(options.stop_event):
         if not options.train:
             relay_only(options)
@@ -768,6 +769,23 @@ def run_peer(options: PeerOptions) -> int:
             return peer.train()
         finally:
             peer.close()
+
+
+OPEN_FILES_WANTED = 4096
+"""Open files a peer asks for: each tensor it shares with its averager processes holds a file descriptor (about
+400 for the 23M model), and macOS starts programs with a soft limit of 256."""
+
+
+def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> None:
+    """Raise this process's soft limit on open files to ``wanted``, or to the hard limit if that is lower."""
+    try:
+        import resource
+    except ImportError:  # not a Unix system
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def relay_only(options: PeerOptions) -> None:

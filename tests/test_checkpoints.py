@@ -11,6 +11,7 @@ import torch
 
 from cellmind import __version__
 from cellmind.checkpoints import (
+    HEADER_LINE_BYTES,
     MAGIC,
     build_model,
     gpt_config_from,
@@ -191,6 +192,29 @@ def test_payload_without_required_entries_is_rejected(tmp_path):
     write_raw_checkpoint(path, {"model": {}, "global_epoch": 3})
     with pytest.raises(CheckpointError, match="optimizer, config, tokenizer_sha256, version"):
         load_checkpoint(path)
+
+
+def test_header_is_padded_to_fixed_length_and_matches_payload(tmp_path):
+    path = save(tmp_path, tiny_model(), global_epoch=4, keep=0)
+    data = path.read_bytes()
+    header_end = data.index(b"\n", len(MAGIC)) + 1
+    assert header_end - len(MAGIC) == HEADER_LINE_BYTES
+    header, body = json.loads(data[len(MAGIC):header_end]), data[header_end:]
+    assert header["payload_size"] == len(body)
+    assert header["payload_sha256"] == hashlib.sha256(body).hexdigest()
+    assert header["global_epoch"] == 4
+
+
+def test_unpadded_header_of_earlier_versions_loads(tmp_path):
+    model = tiny_model(seed=3)
+    path = tmp_path / "latest.pt"
+    write_raw_checkpoint(path, {
+        "model": model.state_dict(), "optimizer": None, "global_epoch": 7, "config": CONFIG.to_dict(),
+        "tokenizer_sha256": TOKENIZER_SHA256, "version": __version__,
+    })
+    loaded = load_checkpoint(path)
+    assert loaded.global_epoch == 7
+    assert torch.equal(loaded.model_state["lm_head.weight"], model.state_dict()["lm_head.weight"])
 
 
 def test_latest_good_returns_none_without_files(tmp_path):

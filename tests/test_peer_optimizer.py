@@ -6,8 +6,8 @@ from cellmind.config import Config
 from cellmind.model import GPT, GPTConfig
 from cellmind.peer import initialize_optimizer_state, optimizer_factory, parameter_groups, shared_copy
 
-# Hivemind's file_system sharing strategy starts torch_shm_manager on the first shared tensor. Starting it here,
-# outside any test, keeps the reap_children fixture from killing it after the first test that shares a tensor.
+# With the file_system sharing strategy (a user's choice, see cellmind/__init__.py) torch starts torch_shm_manager on
+# the first shared tensor. Starting it here, outside any test, keeps the reap_children fixture from killing it.
 torch.zeros(1).share_memory_()
 
 

@@ -9,6 +9,7 @@ which is how the tests compare parameters across processes.
 import re
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -145,7 +146,11 @@ def test_killed_peer_does_not_stop_others(swarm):
     doomed = swarm.join("doomed")
     doomed.wait_for(JOINED, START_TIMEOUT)
     doomed.wait_for(STEP_LINE, STEP_TIMEOUT)
+    tree = {doomed.pid, *(child.pid for child in doomed.descendants())}
     doomed.kill_group()  # SIGKILL to the peer and everything it started, as when a device loses power
+    # Shared tensors must not outlive the peer: torch names files in /dev/shm after the creating process.
+    left = [path.name for path in Path("/dev/shm").glob("torch_*") if int(path.name.split("_")[1]) in tree]
+    assert left == [], f"the killed peer left shared memory behind: {left[:5]}"
 
     killed_at = max(last_epoch(swarm.bootstrap), last_epoch(swarm.joiner))
     for peer in (swarm.bootstrap, swarm.joiner):
