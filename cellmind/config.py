@@ -71,7 +71,7 @@ class TrainingSection:
     warmup_steps: int = 20
     """Global steps of linear learning-rate warm-up."""
     grad_clip: float = 1.0
-    """Maximum gradient norm before each local accumulation; 0 disables clipping."""
+    """Maximum norm of a peer's mean gradient over a global step, before averaging; 0 disables clipping."""
     dataset_path: str = "data/for-model-training/train.jsonl"
     """JSONL file of ``{"text": ...}`` records (``training.dataset.path`` in the original config)."""
     val_path: str = "data/for-model-training/val.jsonl"

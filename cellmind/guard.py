@@ -2,12 +2,15 @@
 
 Four checks, each cheap next to a micro-step:
 
-- **A micro-step** whose loss or gradient norm is not finite contributes nothing: its gradients are dropped and
-  its samples are not reported to the swarm (:meth:`TrainingGuard.micro_step_ok`).
+- **A micro-step** whose loss is not finite is not backpropagated and its samples are not reported to the swarm.
+  Gradients accumulate in the parameters' ``.grad`` across a global step, so a micro-step whose gradients are not
+  finite spoils the whole sum: the peer then drops what it accumulated since the last global step
+  (:meth:`TrainingGuard.loss_ok`, :meth:`TrainingGuard.gradients_ok`).
 - **Averaged gradients** that are not finite, or whose norm exceeds :attr:`HealthLimits.gradient_trust_ratio`
-  times this peer's own accumulated gradients, are replaced by the peer's own gradients for that global step.
-  One peer sending NaN or values 1e30 times too large cannot steer the update, and the honest peers still take
-  a step with what they computed (:func:`averaged_gradients_problem`).
+  times the norm an honest average can have, are not applied: the peer's update for that global step uses zero
+  gradients (Adam's momentum still moves it). Each peer's contribution is clipped to ``training.grad_clip``, so
+  an honest average is no longer than that. One peer sending NaN or values 1e30 times too large cannot steer the
+  update (:func:`averaged_gradients_problem`).
 - **Averaged parameters**: the result of a parameter averaging round that is not finite, holds a value above
   :attr:`HealthLimits.max_abs_parameter` or a norm :attr:`HealthLimits.max_norm_growth` times this peer's is
   not applied (:func:`reject_poisoned_state`).
@@ -16,10 +19,14 @@ Four checks, each cheap next to a micro-step:
   :attr:`HealthLimits.max_norm_growth` times the last good one (a poisoned parameter-averaging round) restores
   the last good state in place (:meth:`TrainingGuard.after_global_step`).
 
-The last good state is a CPU copy taken after every healthy global step: parameters plus both Adam moments,
-12 bytes per parameter (about 280 MB for the 23M-parameter model, 0.3 MB for the tests' tiny model), and one
-memory copy of that size per global step. The copy is restored in place, because Hivemind's averagers share
-these very tensors with their background processes; replacing them would cut the averagers off.
+The last good state lives in the state averager's averaging buffers, which Hivemind keeps anyway: a CPU copy of
+the parameters and both Adam moments (12 bytes per parameter, about 280 MB for the 23M-parameter model) that it
+refreshes from the optimizer before each parameter averaging round. After every healthy global step the guard
+refreshes it too, one memory copy, unless a background round is using it. A second copy of the same size would
+not fit a phone next to the first. The copy is restored in place, because Hivemind's averagers share these very
+tensors with their background processes; replacing them would cut the averagers off. Where the copy itself is
+broken (a step that broke the state was copied into it as a round began), the peer downloads the swarm's state
+instead, and stops with an error if no peer has one, never saving the broken state.
 """
 
 import logging
@@ -28,6 +35,9 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+from cellmind.errors import SwarmError
+from cellmind.i18n import _
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +54,9 @@ class HealthLimits:
     max_norm_growth: float = 10.0
     """One global step moves the parameter norm by a few percent at most; a tenfold jump is a poisoned average."""
     gradient_trust_ratio: float = 100.0
-    """Averaged gradients may be at most this many times larger (in norm) than this peer's own, or than
-    :attr:`gradient_norm_floor` when this peer's own are smaller (a peer that joined mid-epoch has none)."""
+    """Averaged gradients may be at most this many times longer (in norm) than :attr:`gradient_norm_floor`."""
     gradient_norm_floor: float = 1.0
-    """Clipped micro-steps average to at most ``training.grad_clip`` (1.0 by default) in norm."""
+    """The longest honest average: each peer clips its mean gradient to ``training.grad_clip`` (1.0 by default)."""
 
 
 class RateLimitedLog:
@@ -92,31 +101,36 @@ def tensors_problem(tensors, max_abs: float) -> str | None:
 def averaged_gradients_problem(optimizer, limits: HealthLimits = HealthLimits()) -> str | None:
     """Why the averaged gradients now in ``optimizer`` (a ``hivemind.Optimizer``) cannot be used, or None.
 
-    With ``offload_optimizer=True`` the averaged gradients are the ``.grad`` of the offloaded parameters. This
-    peer's own gradients are its accumulators divided by the micro-steps accumulated, as Hivemind loads them.
+    They are the ``.grad`` of the parameters AdamW updates (the offloaded copies with ``offload_optimizer=True``).
+    This peer's own contribution is gone by then: Hivemind resets its accumulators as the round starts.
     """
     opt_params = [p for group in optimizer.opt.param_groups for p in group["params"]]
     averaged = gradient_norm(opt_params)
     if not bool(torch.isfinite(averaged)):
         return "the averaged gradients are not finite"
-    grad_averager = optimizer.grad_averager
-    accumulators = list(grad_averager._grad_accumulators())  # NOTE: private in hivemind 1.1.12; recheck on upgrade
-    own = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(a.float()) for a in accumulators]))
-    own = float(own) / max(1, grad_averager.local_times_accumulated)
-    if float(averaged) > limits.gradient_trust_ratio * max(own, limits.gradient_norm_floor):
-        return (f"the averaged gradient norm {float(averaged):.3g} is more than {limits.gradient_trust_ratio:g} "
-                f"times this peer's own ({own:.3g})")
+    bound = limits.gradient_trust_ratio * limits.gradient_norm_floor
+    if float(averaged) > bound:
+        return f"the averaged gradient norm {float(averaged):.3g} is above {bound:g}"
     return None
 
 
 def replace_poisoned_gradients(optimizer, log: RateLimitedLog) -> bool:
-    """Swap unusable averaged gradients for this peer's own (Hivemind's fallback); return whether it did."""
+    """Replace unusable averaged gradients with zeros for this global step; return whether it did.
+
+    Every honest peer of the round does the same, so they stay equal. Hivemind's own fallback, loading this
+    peer's accumulators, cannot serve here: with ``reuse_grad_buffers`` the accumulators are the very ``.grad``
+    tensors that now hold the averaged values, and it scales them by zero, which leaves NaN as NaN.
+    """
     problem = averaged_gradients_problem(optimizer)
     if problem is None:
         return False
     log.warning("averaged gradients", f"Rejected the averaged gradients of this global step ({problem}); "
-                                      "using this peer's own gradients instead")
-    optimizer._load_local_gradients_into_optimizer()  # NOTE: private in hivemind 1.1.12; recheck on upgrade
+                                      "this step applies no gradient")
+    with torch.no_grad():
+        for group in optimizer.opt.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    parameter.grad.zero_()
     return True
 
 
@@ -152,20 +166,28 @@ def _norm(tensors) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
-class TrainingGuard:
-    """Checks one peer's micro-steps and global steps, and keeps the last good training state to roll back to.
+class TrainingStateLost(SwarmError):
+    """The training state broke and neither the last good copy nor a peer's state could replace it."""
 
-    ``optimizer`` is the peer's ``hivemind.Optimizer`` with ``offload_optimizer=True``: its ``opt`` holds the
-    offloaded parameters and Adam's statistics, while ``param_groups`` hold the model's own parameters.
+
+class TrainingGuard:
+    """Checks one peer's micro-steps and global steps, and rolls back to the last good training state.
+
+    ``optimizer`` is the peer's ``hivemind.Optimizer``: its ``opt`` holds the parameters AdamW updates (a host
+    copy with ``offload_optimizer=True``) and Adam's statistics, ``param_groups`` hold the model's own parameters,
+    and its ``state_averager`` (made with ``reuse_tensors=False``) holds the averaging buffers that serve as the
+    last good copy.
     """
 
     def __init__(self, optimizer, limits: HealthLimits = HealthLimits()):
         self.optimizer = optimizer
+        self.averager = optimizer.state_averager
+        if getattr(self.averager, "reuse_tensors", False):
+            raise ValueError("the guard needs a state averager with reuse_tensors=False: its buffers are the copy")
         self.limits = limits
         self.log = RateLimitedLog()
         self.rollbacks = 0
         self.skipped_micro_steps = 0
-        self._good: list[torch.Tensor] = []
         self._good_norm = math.nan
         self.snapshot()
 
@@ -174,37 +196,73 @@ class TrainingGuard:
     def _model_parameters(self) -> list[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
+    def _opt_parameters(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.opt.param_groups for p in group["params"]]
+
     def _state_tensors(self) -> list[torch.Tensor]:
-        """Offloaded parameters, then every tensor of Adam's per-parameter state, in a fixed order."""
-        opt = self.optimizer.opt
-        params = [p for group in opt.param_groups for p in group["params"]]
+        """The parameters AdamW updates, then every tensor of Adam's per-parameter state, in a fixed order."""
+        opt, params = self.optimizer.opt, self._opt_parameters()
         stats = [value for p in params for _name, value in sorted(opt.state[p].items()) if torch.is_tensor(value)]
         return params + stats
 
     @torch.no_grad()
-    def snapshot(self) -> None:
-        """Keep a CPU copy of the current training state as the last good one."""
-        tensors = self._state_tensors()
-        if len(self._good) != len(tensors) or any(a.shape != b.shape for a, b in zip(self._good, tensors)):
-            self._good = [t.detach().to("cpu", copy=True) for t in tensors]
-        else:
-            for kept, tensor in zip(self._good, tensors):
-                kept.copy_(tensor)
-        self._good_norm = self._parameter_norm()
+    def snapshot(self) -> bool:
+        """Copy the current training state into the averaging buffers as the last good one; False if they are busy.
+
+        While a background parameter averaging round works on the buffers, or its result waits to be applied,
+        they are left alone: that result is checked before it is applied (:func:`reject_poisoned_state`), and the
+        next global step takes the snapshot.
+        """
+        averager = self.averager
+        if not averager.lock_averaging.acquire(blocking=False):
+            return False
+        try:
+            if averager.finished_averaging_round.is_set():
+                return False
+            averager._load_local_tensors_into_averager_()  # NOTE: private in hivemind 1.1.12; recheck on upgrade
+            self._good_norm = self._parameter_norm()
+            return True
+        finally:
+            averager.lock_averaging.release()
 
     @torch.no_grad()
     def rollback(self, reason: str) -> None:
-        """Copy the last good state back into the optimizer and the model, in place."""
-        tensors = self._state_tensors()
-        if len(tensors) != len(self._good):  # Adam's state appeared since the snapshot: restore what there was
-            tensors = tensors[: len(self._good)]
-        for tensor, kept in zip(tensors, self._good):
-            tensor.copy_(kept)
-        offloaded = [p for group in self.optimizer.opt.param_groups for p in group["params"]]
-        for main, source in zip(self._model_parameters(), offloaded, strict=True):
-            main.copy_(source.to(main.device, main.dtype))
+        """Copy the last good state back into the optimizer and the model, in place.
+
+        Waits for a background averaging round to end first. Where the copy is broken too, downloads the swarm's
+        state; raises :class:`TrainingStateLost` if that fails as well.
+        """
+        averager = self.averager
+        with averager.lock_averaging:
+            with averager.get_tensors() as kept:
+                problem = self._copy_problem(kept)
+                if problem is None:
+                    for tensor, good in zip(averager._local_tensors(), kept, strict=True):
+                        tensor.copy_(good)
+        if problem is not None:
+            logger.warning(f"The last good training state is unusable too ({problem}); downloading the swarm's")
+            self.optimizer.load_state_from_peers()
+            if self.state_problem() is not None:
+                raise TrainingStateLost(_(
+                    "the training state broke ({reason}) and no peer's state could replace it; restart "
+                    "cellmind-peer to resume from its last checkpoint"
+                ).format(reason=reason))
+        self._copy_into_model()
         self.rollbacks += 1
         logger.warning(f"Rolled back to the last good training state: {reason} (rollback {self.rollbacks})")
+
+    def _copy_problem(self, kept) -> str | None:
+        count = len(self._opt_parameters())
+        parameters, statistics = kept[:count], kept[count:]
+        problem = tensors_problem(parameters, self.limits.max_abs_parameter) or tensors_problem(statistics, math.inf)
+        if problem is None and _norm(parameters) > self.limits.max_norm_growth * self._good_norm:
+            problem = "its parameter norm jumped"
+        return problem
+
+    def _copy_into_model(self) -> None:
+        for main, source in zip(self._model_parameters(), self._opt_parameters(), strict=True):
+            if main is not source:
+                main.copy_(source.to(main.device, main.dtype))
 
     def _parameter_norm(self) -> float:
         return _norm(self._model_parameters())
@@ -224,25 +282,39 @@ class TrainingGuard:
 
     # the checks the training loop calls
 
-    def micro_step_ok(self, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> bool:
-        """Whether this micro-step's loss and gradients may go to the swarm; drops its gradients if not.
+    def loss_ok(self, loss: torch.Tensor) -> bool:
+        """Whether a micro-step's loss is finite, so that it may be backpropagated; checks the state if not.
 
         A non-finite loss can also mean that this peer's parameters broke (a poisoned average applied in the
         background), in which case they are rolled back at once rather than at the next global step, which a
         peer that skips every micro-step would never reach.
         """
-        if grad_norm is None:
-            grad_norm = gradient_norm(self._model_parameters())
-        if bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(grad_norm)):
+        if bool(torch.isfinite(loss.detach())):
             return True
+        self._skipped("loss", "Skipped a micro-step: its loss is not finite; its samples are not reported")
+        return False
+
+    def gradients_ok(self) -> bool:
+        """Whether the gradients accumulated in ``.grad`` are finite; drops the whole accumulation if not.
+
+        The last micro-step is the one that broke them, since every earlier one was checked, but its gradients
+        cannot be taken out of the sum.
+        """
+        if bool(torch.isfinite(gradient_norm(self._model_parameters()))):
+            return True
+        optimizer = self.optimizer
+        optimizer.grad_averager.reset_accumulated_grads_()
+        optimizer.tracker.report_local_progress(optimizer.local_epoch, 0)
+        self._skipped("gradients", "A micro-step's gradients are not finite; dropped the gradients accumulated "
+                                   "since the last global step")
+        return False
+
+    def _skipped(self, kind: str, message: str) -> None:
         self.skipped_micro_steps += 1
-        what = "loss" if not bool(torch.isfinite(loss.detach())) else "gradient norm"
-        self.log.warning(what, f"Skipped a micro-step: its {what} is not finite; its samples are not reported")
-        self.optimizer.zero_grad()
+        self.log.warning(kind, message)
         problem = self.state_problem()
         if problem is not None:
             self.rollback(problem)
-        return False
 
     def after_global_step(self) -> bool:
         """Keep the new state as the last good one, or roll back to it; return whether the state was healthy."""

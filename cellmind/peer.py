@@ -12,7 +12,9 @@ optimizer statistics and global epoch before its first micro-step.
 """
 
 import ctypes
+import gc
 import hashlib
+import importlib
 import logging
 import math
 import os
@@ -242,6 +244,8 @@ class SnapshotStateAverager(MemberCheckedAverager, TrainingStateAverager):
     def _apply_averaging_results_(self):
         if not reject_poisoned_state(self, self.poison_log):  # a peer sent NaN or absurdly large parameters
             super()._apply_averaging_results_()
+        else:  # the buffers are also TrainingGuard's last good state: put this peer's own state back into them
+            self._load_local_tensors_into_averager_()
 
     def get_current_state(self):
         with self.snapshot_lock:
@@ -281,11 +285,11 @@ class CellMindOptimizer(hivemind.Optimizer):
 
     last_round_size: int = 1
 
-    def __init__(self, *, member_check: MemberCheck | None = None, **kwargs):
+    def __init__(self, *, member_check: MemberCheck | None = None, max_grad_norm: float = 0.0, **kwargs):
         self._snapshot_lock = threading.Lock()
         self.gradients_log = RateLimitedLog()
         self.member_check = member_check
-        grad_averager_factory = partial(MemberCheckedGradientAverager, member_check=member_check)
+        grad_averager_factory = partial(ClippedGradientAverager, member_check=member_check, max_norm=max_grad_norm)
         super().__init__(grad_averager_factory=partial(start_gradient_averager, grad_averager_factory), **kwargs)
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
@@ -333,20 +337,49 @@ class CellMindOptimizer(hivemind.Optimizer):
             self.last_round_size = 1
 
 
-def start_gradient_averager(factory, *, start: bool, **kwargs) -> GradientAverager:
-    """Create a gradient averager with ``factory`` and start its process once its buffers are in shared memory.
+class ClippedGradientAverager(MemberCheckedGradientAverager):
+    """A gradient averager that clips this peer's mean gradient to ``max_norm`` before it is averaged.
 
-    hivemind 1.1.12 allocates the gradient accumulators, and ``.grad`` for every parameter without one, right
-    before it forks the averager process. The fork gets copy-on-write views of those pages, and every later write
-    or free in the training process leaves the fork with a private copy it never reads (about 92 MB each for the
-    23M model). Accumulators in shared memory are written in place for both, and the parameters' gradients are
-    dropped, as ``zero_grad`` does after every micro-step anyway.
+    With ``reuse_grad_buffers`` the micro-steps' gradients add up in ``.grad``, so they cannot be clipped one by
+    one; their mean over the global step is clipped instead, as single-process training with gradient
+    accumulation does. The clip applies to what a peer sends into a round and to its own gradients when it steps
+    alone, so an honest average is never longer than ``max_norm`` (which the guard relies on).
+    """
+
+    # Each class collects its own handlers and stub, so that the names it registers and calls agree.
+    _rpc_handlers = None
+    _stub_type = None
+
+    def __init__(self, *args, max_norm: float, **kwargs):
+        self.max_norm = max_norm
+        super().__init__(*args, **kwargs)
+
+    @torch.no_grad()
+    def load_accumulators_into_averager_(self):
+        super().load_accumulators_into_averager_()
+        if self.max_norm <= 0:
+            return
+        with self.get_tensors() as averaged:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in averaged]))
+            if bool(torch.isfinite(norm)) and float(norm) > self.max_norm:
+                for gradient in averaged:
+                    gradient.mul_(self.max_norm / float(norm))
+
+
+def start_gradient_averager(factory, *, start: bool, **kwargs) -> GradientAverager:
+    """Create a gradient averager with ``factory`` and start its process once the parameters' gradients are gone.
+
+    hivemind 1.1.12 allocates ``.grad`` for every parameter without one, and its averaged gradients from them,
+    right before it forks the averager process. The fork gets copy-on-write views of those pages, and every later
+    write or free in the training process leaves the fork with a private copy it never reads (92 MB for the 23M
+    model). Dropped here, the gradients are allocated again by the first backward pass, after the fork.
     """
     averager = factory(start=False, **kwargs)
     with torch.no_grad():
-        for accumulator in averager._grad_accumulators():  # NOTE: private in hivemind 1.1.12; recheck on upgrade
-            if accumulator.device.type == "cpu":
-                accumulator.share_memory_()
+        if not averager.reuse_grad_buffers:
+            for accumulator in averager._grad_accumulators():  # NOTE: private in hivemind 1.1.12
+                if accumulator.device.type == "cpu":
+                    accumulator.share_memory_()
     for parameter in averager.parameters:
         parameter.grad = None
     if start:
@@ -362,14 +395,46 @@ def release_free_heap_memory() -> None:
     built, the first micro-steps' activations) stays resident in glibc's heap, and the fork inherits it
     copy-on-write. Once this process reuses those pages, the fork keeps a private copy of each.
     """
+    gc.collect()
+    gc.freeze()
     if _libc is not None:
         _libc.malloc_trim(0)
+
+
+def import_optimizer_modules() -> None:
+    """Import what creating the first torch optimizer would: ``torch._dynamo``, about 1.5 s of a joiner's start.
+
+    :meth:`TrainingPeer.start` runs this while the DHT's process starts, which leaves this process waiting anyway.
+    It must not run in a thread of its own: Hivemind forks processes, and a fork while another thread holds an
+    import lock can leave the child blocked on that lock.
+    """
+    importlib.import_module("torch._dynamo")
+
+
+MALLOC_ARENAS = 2
+"""glibc's limit on heap arenas (``M_ARENA_MAX``) in a training peer; its default is eight per core."""
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """Make glibc's malloc share a few heaps between threads; does nothing without glibc.
+
+    Hivemind's threads in the training process (its event loops, the averagers' step threads) each get a heap
+    arena of their own by default, and each arena keeps the tensors it freed for reuse by that thread only. Two
+    arenas cost a lone 23M-model peer about 55 MiB less at its peak (``bench/memory.py``), with no change in speed
+    that ``bench/peer_overhead.py`` could see. ``MALLOC_ARENA_MAX`` in the environment still takes precedence.
+    """
+    if _libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
+        _libc.mallopt(M_ARENA_MAX, arenas)
+
+
+M_ARENA_MAX = -8  # from glibc's malloc.h
 
 
 def _load_libc():
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         return libc
     except (OSError, AttributeError):  # not glibc: macOS, musl
         return None
@@ -396,8 +461,9 @@ def make_optimizer(
       buffers that Hivemind averages into, which spares GPU memory. On a CPU peer that copy and its gradients
       would only duplicate the model's parameters and gradients in the same memory (2 x 92.6 MB for the 23M
       model, more in the forked averager processes), so AdamW updates the model's parameters directly.
-    - ``reuse_grad_buffers=False``: each micro-step's gradients are clipped before accumulation, which needs a
-      fresh ``.grad`` every micro-step.
+    - ``reuse_grad_buffers=True``: micro-steps accumulate their gradients in ``.grad``, where separate
+      accumulators would take another 92.6 MB for the 23M model. Their mean is clipped to ``training.grad_clip``
+      at the global step (:class:`ClippedGradientAverager`), not each micro-step's gradients.
     - ``average_state_every`` from the config (default 10): gradient averaging already gives every peer of a
       round the same update, so parameter averaging only pulls back peers that missed a round (a timeout, a
       peer that just joined). Hivemind's default, every global step, would double the traffic for that case.
@@ -441,7 +507,8 @@ def _create_optimizer(
         average_state_every=max(1, swarm.average_state_every),
         average_opt_statistics=("exp_avg", "exp_avg_sq"),
         use_local_updates=False,
-        reuse_grad_buffers=False,
+        reuse_grad_buffers=True,
+        max_grad_norm=config.training.grad_clip,
         averager_opts=dict(
             # Hivemind advises a request timeout below the matchmaking time, or matchmaking may deadlock.
             request_timeout=min(3.0, swarm.matchmaking_time / 2),
@@ -461,7 +528,7 @@ def initialized_optimizer_factory(config: Config):
     Hivemind 1.1.12 creates missing optimizer state with one AdamW step on zero gradients, whose weight decay
     scales every parameter by ``1 - lr * weight_decay``. Without an offloaded copy that step would change the
     model itself, so a resumed model would no longer equal its checkpoint. Here the same step runs at learning
-    rate 0, which leaves every parameter as it was and Adam's step count at 1, as Hivemind's would.
+    rate 0, which leaves every parameter as it was; Adam's step count is then set back to 0.
     """
     create = optimizer_factory(config)
 
@@ -488,6 +555,10 @@ def initialize_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
         group["lr"] = rate
     for parameter, gradient in zip(parameters, gradients, strict=True):
         parameter.grad = gradient
+    # A fresh AdamW has taken no step: the first real update must use the bias correction of step 1, not 2.
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"].zero_()
     # Hivemind forks its averager processes after this. Adam's moments in shared memory are updated in place for
     # every process, where private pages would leave each fork a stale copy once AdamW writes them.
     for state in optimizer.state.values():
@@ -759,6 +830,7 @@ def run_peer(options: PeerOptions) -> int:
     if options.threads:
         torch.set_num_threads(options.threads)
     raise_open_file_limit()
+    limit_malloc_arenas()
     with StopSignals(options.stop_event):
         if not options.train:
             relay_only(options)
@@ -817,7 +889,7 @@ class TrainingPeer:
         self.checkpoint_path = latest_path(config.model.checkpoint)
         self.manifest = run_manifest(config, self.tokenizer.vocab_size, self.tokenizer.sha256)
         self.model, resumed = self._build_model()
-        self.dht = self.optimizer = self.metrics = self.writer = self.membership = None
+        self.dht = self.optimizer = self.metrics = self.writer = self.membership = self.guard = None
         self._resumed_optimizer_state = resumed.optimizer_state if resumed is not None else None
         self._make_windows = lambda seed: TokenWindows(self.token_file, config.training.seq_len, seed)
         self._val_path = Path(config.training.val_path)
@@ -867,7 +939,7 @@ class TrainingPeer:
         options, swarm = self.options, self.options.swarm
         release_free_heap_memory()  # the DHT runs in a forked process
         with spinner(_("joining the swarm"), enabled=not options.bootstrap):
-            self.dht = start_dht(swarm)
+            self.dht = start_dht(swarm, while_starting=import_optimizer_modules)
         if options.bootstrap:
             announce_join_line(self.dht, swarm)
         check_manifest(self.dht, swarm.run_id, self.manifest, timeout=swarm.join_timeout)
@@ -978,7 +1050,9 @@ class TrainingPeer:
     def micro_step(self) -> float | None:
         """Forward and backward on one local batch, then hand the gradients to Hivemind; return the loss.
 
-        Returns None, handing nothing to Hivemind, when the loss or the gradients are not finite.
+        Gradients add up in the parameters' ``.grad`` until the global step (``reuse_grad_buffers``), where
+        Hivemind clips their mean (see :class:`ClippedGradientAverager`) and resets them. Returns None, handing
+        nothing to Hivemind, when the loss or the gradients are not finite.
         """
         x, y = self.windows.get_batch(self.config.training.batch_size)
         x, y = x.to(self.device), y.to(self.device)
@@ -986,15 +1060,12 @@ class TrainingPeer:
         self.model.train()
         with self.autocast:
             _logits, loss = self.model(x, y)
-        loss.backward()
-        grad_norm = None
-        if self.config.training.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip)
-        if not self.guard.micro_step_ok(loss, grad_norm):
+        if not self.guard.loss_ok(loss):
             return None
-
+        loss.backward()
+        if not self.guard.gradients_ok():
+            return None
         self.optimizer.step()
-        self.optimizer.zero_grad()
         return loss.item()
 
     def on_global_step(self, progress: "EpochProgress", alone_warned: bool) -> bool:
@@ -1091,7 +1162,7 @@ class TrainingPeer:
             self.writer.close()
         if self.optimizer is not None:
             try:
-                if self.training_started:
+                if self.training_started and (self.guard is None or self.guard.state_problem() is None):
                     print(_("Saved checkpoint {path}").format(path=self.save()), flush=True)
             finally:
                 self.optimizer.shutdown()

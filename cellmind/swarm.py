@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -195,11 +195,12 @@ def announce_join_line(dht: hivemind.DHT, settings: SwarmSettings) -> str:
 # the DHT node
 
 
-def start_dht(settings: SwarmSettings) -> hivemind.DHT:
+def start_dht(settings: SwarmSettings, while_starting: Callable[[], None] | None = None) -> hivemind.DHT:
     """Start this peer's DHT node and join the swarm, or raise SwarmError within ``settings.join_timeout`` seconds.
 
     An initial peer that does not answer the first ping in time (a busy machine) is pinged again by a new
-    attempt, as long as the time allows.
+    attempt, as long as the time allows. ``while_starting`` runs once in this process while the node's own
+    process starts, after that process has been forked.
     """
     initial_peers = validate_initial_peers(settings.initial_peers)
     if settings.identity_path is not None:
@@ -207,7 +208,7 @@ def start_dht(settings: SwarmSettings) -> hivemind.DHT:
     deadline = time.monotonic() + settings.join_timeout
     while True:
         try:
-            return _start_dht_once(settings, initial_peers, max(1.0, deadline - time.monotonic()))
+            return _start_dht_once(settings, initial_peers, deadline, while_starting)
         except _NoAnswer as no_answer:
             key_error = _key_error(settings, initial_peers)
             if key_error is not None:  # turned away for its swarm key: asking again will not help
@@ -215,6 +216,7 @@ def start_dht(settings: SwarmSettings) -> hivemind.DHT:
             if time.monotonic() + BOOTSTRAP_RETRY_PERIOD >= deadline:
                 raise _unreachable_error(initial_peers, no_answer.reason) from None
             logger.info(f"No initial peer answered ({no_answer.reason}); trying again")
+            while_starting = None  # it ran during the first attempt
             time.sleep(BOOTSTRAP_RETRY_PERIOD)
 
 
@@ -223,7 +225,10 @@ class _NoAnswer(Exception):
         self.reason = reason
 
 
-def _start_dht_once(settings: SwarmSettings, initial_peers: list[str], timeout: float) -> hivemind.DHT:
+def _start_dht_once(
+    settings: SwarmSettings, initial_peers: list[str], deadline: float, while_starting: Callable[[], None] | None
+) -> hivemind.DHT:
+    timeout = max(1.0, deadline - time.monotonic())
     dht = hivemind.DHT(
         initial_peers=initial_peers or None,
         start=False,
@@ -236,7 +241,10 @@ def _start_dht_once(settings: SwarmSettings, initial_peers: list[str], timeout: 
         authorizer=settings.swarm_key.authorizer() if settings.swarm_key is not None else None,
     )
     try:
-        dht.run_in_background(await_ready=True, timeout=timeout)
+        dht.run_in_background(await_ready=False)
+        if while_starting is not None:
+            while_starting()
+        dht.wait_until_ready(max(1.0, deadline - time.monotonic()))
     except TimeoutError:
         _stop_unready_dht(dht)
         raise _NoAnswer(_("no answer within {seconds:.0f} s").format(seconds=timeout)) from None

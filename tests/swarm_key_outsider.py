@@ -14,8 +14,8 @@ from hivemind.p2p import P2P, P2PHandlerError, PeerID
 from hivemind.proto import averaging_pb2, runtime_pb2
 from hivemind.utils.multiaddr import Multiaddr
 
-from cellmind.membership import MemberCheckedGradientAverager, declare_membership
-from cellmind.peer import SnapshotStateAverager
+from cellmind.membership import declare_membership
+from cellmind.peer import ClippedGradientAverager, SnapshotStateAverager
 from cellmind.run_files import handler_name
 from cellmind.swarm import manifest_key
 from cellmind.swarm_key import REJECTION_MARKER, load_swarm_key
@@ -55,7 +55,7 @@ async def _assert_averagers_reject_outsider(address: str, target: PeerID, namesp
     p2p = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=[address])
     try:
         state_stub = SnapshotStateAverager.get_stub(p2p, target, namespace=f"{namespace}_state_averager")
-        grad_stub = MemberCheckedGradientAverager.get_stub(p2p, target, namespace=f"{namespace}_grad_averager")
+        grad_stub = ClippedGradientAverager.get_stub(p2p, target, namespace=f"{namespace}_grad_averager")
         for attempt in range(2):  # the second attempt must be rejected too, and logged no second time
             try:
                 async for _part in await state_stub.rpc_download_state(averaging_pb2.DownloadRequest()):

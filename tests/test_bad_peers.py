@@ -9,12 +9,16 @@ averages or roll back to their last good state, keep finite parameters, and keep
 import math
 import os
 import re
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
-from cellmind.guard import HealthLimits, RateLimitedLog, TrainingGuard, gradient_norm, tensors_problem
+from cellmind.guard import (
+    HealthLimits, RateLimitedLog, TrainingGuard, TrainingStateLost, replace_poisoned_gradients, tensors_problem,
+)
 from conftest import free_port
 
 pytestmark = pytest.mark.swarm
@@ -88,6 +92,56 @@ def test_honest_peers_survive_nan_and_huge_averages(tiny_run, monkeypatch):
 # the guard on its own, without a swarm
 
 
+class _FakeStateAverager:
+    """The parts of hivemind's TrainingStateAverager the guard uses: the averaging buffers and their locks."""
+
+    reuse_tensors = False
+
+    def __init__(self, opt):
+        self.optimizer = opt
+        self.lock_averaging = threading.Lock()
+        self.finished_averaging_round = threading.Event()
+        self.buffers = [tensor.detach().clone() for tensor in self._local_tensors()]
+
+    def _local_tensors(self):
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        yield from params
+        for key in ("exp_avg", "exp_avg_sq"):
+            for p in params:
+                yield self.optimizer.state[p][key]
+
+    @contextmanager
+    def get_tensors(self):
+        yield self.buffers
+
+    @torch.no_grad()
+    def _load_local_tensors_into_averager_(self):
+        for buffer, tensor in zip(self.buffers, self._local_tensors()):
+            buffer.copy_(tensor)
+
+
+class _FakeGradientAverager:
+    """Hivemind's gradient averager with ``reuse_grad_buffers``: its accumulators are the parameters' ``.grad``."""
+
+    def __init__(self, params):
+        self.params = params
+        self.resets = 0
+
+    def reset_accumulated_grads_(self):
+        self.resets += 1
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.zero_()
+
+
+class _FakeTracker:
+    def __init__(self):
+        self.reported = []
+
+    def report_local_progress(self, local_epoch, samples_accumulated):
+        self.reported.append((local_epoch, samples_accumulated))
+
+
 class _FakeOptimizer:
     """The parts of hivemind.Optimizer the guard reads: offloaded ``opt``, main ``param_groups``, the epoch."""
 
@@ -102,10 +156,13 @@ class _FakeOptimizer:
             for main, source in zip(params, offloaded):
                 main.copy_(source)
         self.local_epoch = 7
+        self.state_averager = _FakeStateAverager(self.opt)
+        self.grad_averager = _FakeGradientAverager(params)
+        self.tracker = _FakeTracker()
+        self.downloads = 0
 
-    def zero_grad(self):
-        for p in self.param_groups[0]["params"]:
-            p.grad = None
+    def load_state_from_peers(self):
+        self.downloads += 1  # no peer answers: the state stays as it is
 
 
 @pytest.mark.parametrize("poison", [math.nan, 1e30])
@@ -125,18 +182,54 @@ def test_guard_rolls_back_poisoned_state_in_place(poison):
     assert guard.rollbacks == 1
     assert all(torch.equal(p, g) for p, g in zip(params, good))
     assert optimizer.opt.state[offloaded[0]]["exp_avg"] is moments and bool(torch.isfinite(moments).all())
+    assert optimizer.downloads == 0
     assert guard.after_global_step() is True
+
+
+def test_guard_keeps_its_copy_in_the_averaging_buffers():
+    params = [torch.nn.Parameter(torch.randn(5))]
+    optimizer = _FakeOptimizer(params)
+    guard = TrainingGuard(optimizer)
+    buffers = optimizer.state_averager.buffers
+    offloaded = optimizer.opt.param_groups[0]["params"][0]
+    with torch.no_grad():
+        offloaded.add_(1.0)
+    assert guard.after_global_step() is True
+    assert torch.equal(buffers[0], offloaded)  # a healthy global step refreshes the copy
+
+    kept = offloaded.detach().clone()
+    with optimizer.state_averager.lock_averaging:  # a background averaging round owns the buffers
+        with torch.no_grad():
+            offloaded.add_(1.0)
+        assert guard.snapshot() is False
+    assert torch.equal(buffers[0], kept)
+
+
+def test_guard_downloads_and_then_gives_up_when_its_copy_is_broken():
+    params = [torch.nn.Parameter(torch.randn(4))]
+    optimizer = _FakeOptimizer(params)
+    guard = TrainingGuard(optimizer)
+    with torch.no_grad():
+        optimizer.state_averager.buffers[0].fill_(math.nan)  # a broken step was copied in as a round began
+        optimizer.opt.param_groups[0]["params"][0].fill_(math.nan)
+    with pytest.raises(TrainingStateLost, match="restart cellmind-peer"):
+        guard.after_global_step()
+    assert optimizer.downloads == 1
 
 
 def test_guard_skips_non_finite_micro_steps_and_catches_norm_jumps():
     params = [torch.nn.Parameter(torch.ones(3))]
     optimizer = _FakeOptimizer(params)
     guard = TrainingGuard(optimizer, HealthLimits(max_norm_growth=5.0))
-    params[0].grad = torch.tensor([1.0, math.inf, 0.0])
-    assert not guard.micro_step_ok(torch.tensor(1.0), gradient_norm(params))
-    assert params[0].grad is None and guard.skipped_micro_steps == 1
-    assert not guard.micro_step_ok(torch.tensor(math.nan))
-    assert guard.micro_step_ok(torch.tensor(2.0), torch.tensor(0.5))
+    assert not guard.loss_ok(torch.tensor(math.nan))
+    assert guard.loss_ok(torch.tensor(2.0))
+    params[0].grad = torch.tensor([0.5, 0.5, 0.0])
+    assert guard.gradients_ok()
+    assert optimizer.grad_averager.resets == 0
+    params[0].grad = torch.tensor([1.0, math.inf, 0.0])  # the sum of what was accumulated is spoilt
+    assert not guard.gradients_ok()
+    assert optimizer.grad_averager.resets == 1 and optimizer.tracker.reported == [(7, 0)]
+    assert guard.skipped_micro_steps == 2
 
     with torch.no_grad():
         params[0].mul_(6.0)
@@ -155,3 +248,17 @@ def test_rate_limited_log_counts_what_it_leaves_out(caplog):
     with caplog.at_level("WARNING", logger="cellmind.guard"):
         log.warning("loss", "bad loss")
     assert caplog.records[-1].getMessage() == "bad loss (4 more since the last such message)"
+
+
+def test_poisoned_averaged_gradients_become_zeros():
+    params = [torch.nn.Parameter(torch.ones(3))]
+    optimizer = _FakeOptimizer(params)
+    offloaded = optimizer.opt.param_groups[0]["params"][0]
+    log = RateLimitedLog()
+    offloaded.grad = torch.tensor([0.3, 0.4, 0.0])  # an honest average: left as it is
+    assert not replace_poisoned_gradients(optimizer, log)
+    assert torch.equal(offloaded.grad, torch.tensor([0.3, 0.4, 0.0]))
+    for poison in (math.nan, 1e30):
+        offloaded.grad = torch.full((3,), poison)
+        assert replace_poisoned_gradients(optimizer, log)
+        assert torch.equal(offloaded.grad, torch.zeros(3))

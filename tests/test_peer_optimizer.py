@@ -1,10 +1,14 @@
 """The peer's optimizer helpers that do not need a swarm: Adam's state creation and shared-memory copies."""
 
+import multiprocessing
+
 import torch
 
 from cellmind.config import Config
 from cellmind.model import GPT, GPTConfig
-from cellmind.peer import initialize_optimizer_state, optimizer_factory, parameter_groups, shared_copy
+from cellmind.peer import (
+    ClippedGradientAverager, initialize_optimizer_state, optimizer_factory, parameter_groups, shared_copy,
+)
 
 # With the file_system sharing strategy (a user's choice, see cellmind/__init__.py) torch starts torch_shm_manager on
 # the first shared tensor. Starting it here, outside any test, keeps the reap_children fixture from killing it.
@@ -38,7 +42,7 @@ def test_optimizer_state_is_shared_and_zero():
 
     assert len(optimizer.state) == len(list(model.parameters()))
     for state in optimizer.state.values():
-        assert float(state["step"]) == 1.0
+        assert float(state["step"]) == 0.0  # as a fresh AdamW: the first update is bias-corrected for step 1
         for name in ("exp_avg", "exp_avg_sq"):
             assert state[name].is_shared(), name
             assert not state[name].any(), name
@@ -54,3 +58,25 @@ def test_shared_copy_is_separate_shared_tensor():
     assert copy.data_ptr() != source.data_ptr()
     source.add_(1.0)
     assert not torch.equal(copy, source)
+
+
+def bare_gradient_averager(parameters, averaged, times: int, max_norm: float) -> ClippedGradientAverager:
+    """A ClippedGradientAverager without a DHT or a process: only what loading its accumulators reads."""
+    averager = object.__new__(ClippedGradientAverager)
+    averager.parameters, averager.reuse_grad_buffers, averager._local_accumulators = tuple(parameters), True, None
+    averager.local_times_accumulated, averager.max_norm = times, max_norm
+    averager.lock_averaged_tensors, averager._averaged_tensors = multiprocessing.Lock(), tuple(averaged)
+    averager._parent_pid = None  # no process to shut down when it is collected
+    return averager
+
+
+def test_mean_gradient_is_clipped_as_it_is_loaded_for_averaging():
+    weight, bias = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(1))
+    weight.grad, bias.grad = torch.tensor([6.0, 0.0, 8.0]), torch.tensor([0.0])  # the sum of two micro-steps
+    averaged = [torch.empty(3), torch.empty(1)]
+    bare_gradient_averager([weight, bias], averaged, times=2, max_norm=1.0).load_accumulators_into_averager_()
+    assert torch.allclose(averaged[0], torch.tensor([0.6, 0.0, 0.8]))  # the mean (3, 0, 4) scaled to norm 1
+    assert torch.equal(weight.grad, torch.tensor([6.0, 0.0, 8.0]))  # the accumulators are left alone
+
+    bare_gradient_averager([weight, bias], averaged, times=2, max_norm=10.0).load_accumulators_into_averager_()
+    assert torch.equal(averaged[0], torch.tensor([3.0, 0.0, 4.0]))  # short enough: only averaged
