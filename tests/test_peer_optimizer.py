@@ -60,6 +60,29 @@ def test_shared_copy_is_separate_shared_tensor():
     assert not torch.equal(copy, source)
 
 
+
+def test_first_update_from_created_state_equals_a_fresh_adamw():
+    created, fresh = tiny_model(), tiny_model()
+    config = Config()
+    optimizers = [optimizer_factory(config)(parameter_groups(model, weight_decay=0.1)) for model in (created, fresh)]
+    initialize_optimizer_state(optimizers[0])
+    torch.manual_seed(1)
+    for a, b in zip(created.parameters(), fresh.parameters(), strict=True):
+        a.grad = torch.randn_like(a)
+        b.grad = a.grad.clone()
+    before = [p.detach().clone() for p in fresh.parameters()]
+    for optimizer in optimizers:
+        optimizer.step()
+    assert all(not torch.equal(p, old) for p, old in zip(fresh.parameters(), before))  # a real update
+    for a, b in zip(created.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+    states = [optimizer.state_dict()["state"] for optimizer in optimizers]
+    assert states[0].keys() == states[1].keys()
+    for index, state in states[1].items():
+        for name, value in state.items():
+            assert torch.equal(states[0][index][name], value), (index, name)
+
+
 def bare_gradient_averager(parameters, averaged, times: int, max_norm: float) -> ClippedGradientAverager:
     """A ClippedGradientAverager without a DHT or a process: only what loading its accumulators reads."""
     averager = object.__new__(ClippedGradientAverager)
