@@ -7,7 +7,9 @@ A bootstrap peer and a second peer train the 23M-parameter model together (the c
 2 windows of 256 tokens; target batch 32, so that global steps happen within minutes). After their first global
 step, late joiners start one after the other. For each, the table gives three times, counted from starting the process:
 its DHT node is up; it has downloaded the swarm's parameters, optimizer statistics and global epoch ("Joined
-the swarm"); it starts its first micro-step (the "before training" log line).
+the swarm"); it starts its first micro-step (the "before training" log line). The last column is the CPU time
+the joiner's processes had used by then: where two training peers already keep the machine's cores busy, the
+joiner waits for a core, and its wall time says more about the machine than about the join.
 
 The same run records the peak memory of each training peer's whole process tree (the training process, its
 forked DHT and averager processes and p2pd), sampled twice a second through averaging rounds and the state
@@ -20,6 +22,8 @@ import shutil
 import sys
 import time
 
+import psutil
+
 from common import (
     WORK_DIR, Processes, TreeSampler, median, peer_command, print_machine, print_table, read_join_address,
     watch_markers,
@@ -31,6 +35,19 @@ from cellmind.config import TrainingSection
 OUT_DIR = WORK_DIR / "joining"
 MARKERS = ("DHT node", "Joined the swarm", "before training")
 GIB = 1 << 30
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process and its living descendants (its DHT, averagers and p2pd)."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def main() -> int:
@@ -67,7 +84,7 @@ def main() -> int:
                 OUT_DIR / f"joiner-{index}.log")
             sampler = samplers[f"joiner {index + 1}"] = TreeSampler(joiner, period=0.5, memory=True)
             seen = watch_markers(joiner, list(MARKERS), timeout=600)
-            joins.append([seen[marker] - started for marker in MARKERS])
+            joins.append([seen[marker] - started for marker in MARKERS] + [tree_cpu_seconds(joiner.pid)])
             print(f"joiner {index + 1}: " + ", ".join(f"{m} {t:.1f} s" for m, t in zip(MARKERS, joins[-1])),
                   flush=True)
             time.sleep(5)  # one more micro-step's worth of memory samples
@@ -79,8 +96,9 @@ def main() -> int:
     print(f"23M model, micro-batch {args.batch_size} x 256 tokens, target batch {args.target_batch_size}, "
           f"{args.joiners} late joiners")
     rows = [[f"joiner {index + 1}", *times] for index, times in enumerate(joins)]
-    rows.append(["median", *[median([times[i] for times in joins]) for i in range(len(MARKERS))]])
-    print_table(["", "s to DHT up", "s to state downloaded", "s to first micro-step"], rows)
+    rows.append(["median", *[median([times[i] for times in joins]) for i in range(len(MARKERS) + 1)]])
+    print_table(["", "s to DHT up", "s to state downloaded", "s to first micro-step",
+                 "CPU s of the joiner by then"], rows)
     memory = [[name, sampler.peak_rss / GIB, sampler.peak_pss / GIB] for name, sampler in samplers.items()]
     print_table(["process tree", "peak RSS sum (GiB)", "peak PSS sum (GiB)"], memory)
     return 0

@@ -5,7 +5,7 @@
 
 Both sides train the 23M-parameter model on the benchmark corpus with the same micro-batch (``--batch-size``
 windows of 256 tokens), the same target batch (``--target-batch-size`` samples per AdamW step, gathered by
-gradient accumulation), the same gradient clipping and one math thread, each in its own process. The bare loop is
+gradient accumulation), the same gradient clipping (of the mean gradient, once per AdamW step) and one math thread, each in its own process. The bare loop is
 this file run with ``--bare-loop``. The peer is ``cellmind-peer --bootstrap`` alone in its swarm (nobody to
 average with), checkpointing switched off inside the measured window. Each side is timed from its first AdamW
 step to its last (``--global-steps`` steps), so start-up is not counted; the peer's CPU time is that of its whole
@@ -56,7 +56,7 @@ def bare_loop(config_path: str, steps: int, precision: str) -> None:
             with autocast:
                 _, loss = model(x, y)
             (loss / micro_steps).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip)  # the mean, as a peer does
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()

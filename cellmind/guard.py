@@ -87,13 +87,19 @@ def gradient_norm(parameters) -> torch.Tensor:
 
 
 def tensors_problem(tensors, max_abs: float) -> str | None:
-    """Why ``tensors`` are broken (not finite, or an element above ``max_abs``), or None if they are not."""
+    """Why ``tensors`` are broken (not finite, or an element above ``max_abs``), or None if they are not.
+
+    One vectorized pass per tensor and no temporary copy (``aminmax``; ``isfinite`` and ``abs`` each take ten
+    times longer on a CPU): the extremes are NaN or infinite exactly when some element is.
+    """
     for tensor in tensors:
-        if not tensor.is_floating_point():
+        if not tensor.is_floating_point() or tensor.numel() == 0:
             continue
-        if not bool(torch.isfinite(tensor).all()):
+        low, high = torch.aminmax(tensor.detach())
+        largest = max(-float(low), float(high))
+        if math.isnan(float(low)) or math.isnan(float(high)) or not math.isfinite(largest):
             return "a value is not finite"
-        if tensor.numel() and float(tensor.detach().abs().max()) > max_abs:
+        if largest > max_abs:
             return f"a value exceeds {max_abs:g} in magnitude"
     return None
 
@@ -272,7 +278,8 @@ class TrainingGuard:
         problem = tensors_problem(self._model_parameters(), self.limits.max_abs_parameter)
         if problem is not None:
             return f"parameters: {problem}"
-        problem = tensors_problem(self._state_tensors(), math.inf)
+        checked = {id(parameter) for parameter in self._model_parameters()}  # AdamW's own, on a CPU peer
+        problem = tensors_problem([t for t in self._state_tensors() if id(t) not in checked], math.inf)
         if problem is not None:
             return f"optimizer state: {problem}"
         norm = self._parameter_norm()

@@ -114,7 +114,7 @@ def parameter_digest(state_dict: dict[str, torch.Tensor]) -> str:
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().to(device="cpu", dtype=torch.float32).contiguous()
         digest.update(name.encode())
-        digest.update(tensor.numpy().tobytes())
+        digest.update(tensor.numpy().data)  # the tensor's own bytes, not a copy
     return digest.hexdigest()[:16]
 
 
@@ -1083,7 +1083,8 @@ class TrainingPeer:
             ),
             flush=True,
         )
-        logger.info(f"parameters at global epoch {epoch}: digest {parameter_digest(self.model.state_dict())}")
+        if logger.isEnabledFor(logging.INFO):  # hashing 92 MB each global step is not free
+            logger.info(f"parameters at global epoch {epoch}: digest {parameter_digest(self.model.state_dict())}")
         self._write_scalars(epoch, progress, peers, lr)
 
         alone = optimizer.tracker.global_progress.num_peers <= 1 and peers <= 1
