@@ -49,6 +49,8 @@ MAX_HEADER_BYTES = 4096
 HEADER_LINE_BYTES = 256
 """Length of the header line as written, newline included; readers accept any length up to MAX_HEADER_BYTES."""
 GPT_CONFIG_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
+OPTIONAL_GPT_CONFIG_FIELDS = ("attention_dropout",)
+"""Model fields that checkpoints of earlier versions lack; those build with the field's default."""
 PAYLOAD_KEYS = ("model", "optimizer", "global_epoch", "config", "tokenizer_sha256", "version")
 
 
@@ -366,7 +368,8 @@ def gpt_config_from(config: Config | dict[str, Any], vocab_size: int) -> GPTConf
     missing = [name for name in GPT_CONFIG_FIELDS if not isinstance(section, dict) or name not in section]
     if missing:
         raise ConfigError(_("the model config lacks {keys}").format(keys=", ".join(missing)))
-    return GPTConfig(vocab_size=vocab_size, **{name: section[name] for name in GPT_CONFIG_FIELDS})
+    optional = {name: section[name] for name in OPTIONAL_GPT_CONFIG_FIELDS if name in section}
+    return GPTConfig(vocab_size=vocab_size, **{name: section[name] for name in GPT_CONFIG_FIELDS}, **optional)
 
 
 def build_model(checkpoint: Checkpoint) -> GPT:

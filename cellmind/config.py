@@ -34,6 +34,8 @@ class ModelSection:
     """Transformer blocks."""
     dropout: float = 0.1
     """Dropout probability in attention and MLP outputs during training."""
+    attention_dropout: float = 0.0
+    """Dropout probability on the attention weights; above 0 the attention uses more memory and time."""
     block_size: int = 256
     """Context length in tokens."""
     checkpoint: str = "checkpoints/latest.pt"

@@ -20,6 +20,11 @@ class GPTConfig:
     n_head: int = 8
     n_embd: int = 512
     dropout: float = 0.1
+    """Dropout on the attention and MLP outputs and on the embeddings."""
+    attention_dropout: float = 0.0
+    """Dropout on the attention probabilities. Above 0, PyTorch's CPU attention falls back to its math kernel,
+    which keeps every head's T x T probabilities for backward: 120 MiB more at the peak of a 23M-model
+    micro-step of 2 x 256 tokens, and 11% slower (bench/memory.py and a one-off probe, see docs/benchmarks.md)."""
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -49,7 +54,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.dropout = config.dropout
+        self.attention_dropout = config.attention_dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
@@ -59,7 +64,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
 
-        dropout_p = self.dropout if self.training else 0.0
+        dropout_p = self.attention_dropout if self.training else 0.0
         if cache is None or cache.length == 0:
             if cache is not None:
                 k, v = cache.append(layer, k, v)

@@ -162,3 +162,22 @@ def test_cache_overflow_is_rejected(model):
         model(random_ids(TINY.block_size - 1), cache=cache)
         with pytest.raises(ValueError, match="17 tokens exceeds block_size=16"):
             model(random_ids(2), cache=cache)
+
+
+def test_attention_dropout_is_separate_from_output_dropout():
+    torch.manual_seed(0)
+    idx = torch.randint(0, 50, (2, 12))
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)).train()
+    assert torch.equal(model(idx)[0], model(idx)[0])  # no dropout anywhere: training passes agree
+    model.transformer.h[0].attn.attention_dropout = 0.5
+    assert not torch.equal(model(idx)[0], model(idx)[0])
+
+
+def test_checkpoint_config_without_attention_dropout_builds_with_none():
+    from cellmind.checkpoints import gpt_config_from
+
+    old = {"model": {"n_embd": 16, "n_head": 2, "n_layer": 1, "block_size": 16, "dropout": 0.1}}
+    assert gpt_config_from(old, vocab_size=9).attention_dropout == 0.0
+    new = {"model": {**old["model"], "attention_dropout": 0.2}}
+    assert gpt_config_from(new, vocab_size=9).attention_dropout == 0.2
+    assert gpt_config_from(Config(), vocab_size=9).attention_dropout == Config().model.attention_dropout
