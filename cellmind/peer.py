@@ -323,6 +323,17 @@ class CellMindOptimizer(hivemind.Optimizer):
             return
         super()._maybe_schedule_gradient_averaging()
 
+    def _begin_averaging_gradients(self, grad_scaler) -> bool:
+        began = super()._begin_averaging_gradients(grad_scaler)
+        if not began and not self.offload_optimizer:
+            # Stepping without a round, hivemind 1.1.12 loads the accumulated mean only into the averager's
+            # buffer, which an offloaded optimizer reads; without offloading AdamW reads .grad, which holds the
+            # unclipped sum of the micro-steps. Alternating such steps with averaged ones (clipped means) gave
+            # Adam's second moment the scale of the sums, which then damped the averaged steps for many steps.
+            self.grad_averager.load_accumulators_into_averager_()
+            self._load_averaged_gradients_into_optimizer_()
+        return began
+
     def _update_global_epoch(self, grad_scaler) -> None:
         self.last_round_size = 1
         with self._snapshot_lock:
@@ -354,9 +365,16 @@ class ClippedGradientAverager(MemberCheckedGradientAverager):
         self.max_norm = max_norm
         super().__init__(*args, **kwargs)
 
+    _mean_loaded = False
+
     @torch.no_grad()
     def load_accumulators_into_averager_(self):
+        # Idempotent until the accumulators are reset: Hivemind may call this twice for one global step, and the
+        # accumulators can by then hold the mean already (see CellMindOptimizer._begin_averaging_gradients).
+        if self._mean_loaded:
+            return
         super().load_accumulators_into_averager_()
+        self._mean_loaded = True
         if self.max_norm <= 0:
             return
         with self.get_tensors() as averaged:
@@ -364,6 +382,12 @@ class ClippedGradientAverager(MemberCheckedGradientAverager):
             if bool(torch.isfinite(norm)) and float(norm) > self.max_norm:
                 for gradient in averaged:
                     gradient.mul_(self.max_norm / float(norm))
+
+
+    @torch.no_grad()
+    def reset_accumulated_grads_(self):
+        super().reset_accumulated_grads_()
+        self._mean_loaded = False
 
 
 def start_gradient_averager(factory, *, start: bool, **kwargs) -> GradientAverager:

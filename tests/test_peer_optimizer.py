@@ -1,13 +1,15 @@
 """The peer's optimizer helpers that do not need a swarm: Adam's state creation and shared-memory copies."""
 
+import logging
 import multiprocessing
+from types import SimpleNamespace
 
 import torch
 
 from cellmind.config import Config
 from cellmind.model import GPT, GPTConfig
 from cellmind.peer import (
-    ClippedGradientAverager, initialize_optimizer_state, optimizer_factory, parameter_groups, shared_copy,
+    CellMindOptimizer, ClippedGradientAverager, initialize_optimizer_state, optimizer_factory, parameter_groups, shared_copy,
 )
 
 # With the file_system sharing strategy (a user's choice, see cellmind/__init__.py) torch starts torch_shm_manager on
@@ -103,3 +105,21 @@ def test_mean_gradient_is_clipped_as_it_is_loaded_for_averaging():
 
     bare_gradient_averager([weight, bias], averaged, times=2, max_norm=10.0).load_accumulators_into_averager_()
     assert torch.equal(averaged[0], torch.tensor([3.0, 0.0, 4.0]))  # short enough: only averaged
+
+
+def test_lone_global_step_uses_the_clipped_mean_of_the_micro_steps():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    weight.grad = torch.tensor([6.0, 0.0, 8.0])  # the sum of two micro-steps, accumulated in .grad
+    averaged = [torch.empty(3)]
+    grad_averager = bare_gradient_averager([weight], averaged, times=2, max_norm=1.0)
+    optimizer = object.__new__(CellMindOptimizer)  # only what a global step without a round reads
+    optimizer._parent_pid = None  # nothing to shut down when it is collected
+    optimizer.offload_optimizer = False
+    optimizer.grad_averager, optimizer.scheduled_grads, optimizer.status_loglevel = grad_averager, None, logging.DEBUG
+    optimizer.tracker = SimpleNamespace(global_progress=SimpleNamespace(num_peers=1))
+    optimizer.state_averager = SimpleNamespace(optimizer=SimpleNamespace(param_groups=[{"params": [weight]}]))
+
+    assert optimizer._begin_averaging_gradients(None) is False
+    assert torch.allclose(weight.grad, torch.tensor([0.6, 0.0, 0.8]))  # what AdamW reads: the clipped mean
+    grad_averager.load_accumulators_into_averager_()  # Hivemind's own call that follows changes nothing
+    assert torch.allclose(averaged[0], torch.tensor([0.6, 0.0, 0.8]))
