@@ -157,7 +157,7 @@ class _HashingWriter:
 
 
 def _header_line(payload_sha256: str, payload_size: int, global_epoch: int) -> bytes:
-    """The JSON header line, padded with spaces to :data:`HEADER_LINE_BYTES` so that it can be written last."""
+    """Return the JSON header line, padded with spaces to :data:`HEADER_LINE_BYTES` so that it can be written last."""
     header = {
         "format": FORMAT_VERSION,
         "payload_sha256": payload_sha256,
@@ -172,7 +172,7 @@ def _write_temporary(path: Path, payload: dict[str, Any], global_epoch: int) -> 
     """Serialize ``payload`` into a fsynced temporary file next to ``path`` and return that file's path.
 
     The payload streams to the file tensor by tensor, so saving costs no second copy of the model and the
-    optimizer state in memory (about 280 MB for the 23M model). The header, which holds the payload's digest and
+    optimizer state in memory (about 280 MB for the 23M model). The header, which contains the payload's digest and
     size, is written last into the room kept for it at the start; JSON allows the spaces that pad it.
     """
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)

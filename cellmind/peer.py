@@ -326,10 +326,10 @@ class CellMindOptimizer(hivemind.Optimizer):
     def _begin_averaging_gradients(self, grad_scaler) -> bool:
         began = super()._begin_averaging_gradients(grad_scaler)
         if not began and not self.offload_optimizer:
-            # Stepping without a round, hivemind 1.1.12 loads the accumulated mean only into the averager's
-            # buffer, which an offloaded optimizer reads; without offloading AdamW reads .grad, which holds the
-            # unclipped sum of the micro-steps. Alternating such steps with averaged ones (clipped means) gave
-            # Adam's second moment the scale of the sums, which then damped the averaged steps for many steps.
+            # In a step without a round, hivemind 1.1.12 loads the accumulated mean only into the averager's
+            # buffer, which an offloaded optimizer reads. Without offloading, AdamW reads .grad, which contains
+            # the unclipped sum of the micro-steps. Such a step gave Adam's second moment the scale of a sum,
+            # which then damped the averaged steps (clipped means) for many steps.
             self.grad_averager.load_accumulators_into_averager_()
             self._load_averaged_gradients_into_optimizer_()
         return began
@@ -869,7 +869,7 @@ def run_peer(options: PeerOptions) -> int:
 
 
 OPEN_FILES_WANTED = 4096
-"""Open files a peer asks for: each tensor it shares with its averager processes holds a file descriptor (about
+"""Open files a peer requests: each tensor it shares with its averager processes holds a file descriptor (about
 400 for the 23M model), and macOS starts programs with a soft limit of 256."""
 
 

@@ -164,7 +164,7 @@ def test_cache_overflow_is_rejected(model):
             model(random_ids(2), cache=cache)
 
 
-def test_attention_dropout_is_separate_from_output_dropout():
+def test_attention_dropout_separate():
     torch.manual_seed(0)
     idx = torch.randint(0, 50, (2, 12))
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)).train()
@@ -173,7 +173,7 @@ def test_attention_dropout_is_separate_from_output_dropout():
     assert not torch.equal(model(idx)[0], model(idx)[0])
 
 
-def test_checkpoint_config_without_attention_dropout_builds_with_none():
+def test_old_config_lacks_attention_dropout():
     from cellmind.checkpoints import gpt_config_from
 
     old = {"model": {"n_embd": 16, "n_head": 2, "n_layer": 1, "block_size": 16, "dropout": 0.1}}

@@ -63,7 +63,7 @@ def test_shared_copy_is_separate_shared_tensor():
 
 
 
-def test_first_update_from_created_state_equals_a_fresh_adamw():
+def test_created_adam_state_matches_fresh():
     created, fresh = tiny_model(), tiny_model()
     config = Config()
     optimizers = [optimizer_factory(config)(parameter_groups(model, weight_decay=0.1)) for model in (created, fresh)]
@@ -95,7 +95,7 @@ def bare_gradient_averager(parameters, averaged, times: int, max_norm: float) ->
     return averager
 
 
-def test_mean_gradient_is_clipped_as_it_is_loaded_for_averaging():
+def test_mean_gradient_clipped_on_load():
     weight, bias = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(1))
     weight.grad, bias.grad = torch.tensor([6.0, 0.0, 8.0]), torch.tensor([0.0])  # the sum of two micro-steps
     averaged = [torch.empty(3), torch.empty(1)]
@@ -107,7 +107,7 @@ def test_mean_gradient_is_clipped_as_it_is_loaded_for_averaging():
     assert torch.equal(averaged[0], torch.tensor([3.0, 0.0, 4.0]))  # short enough: only averaged
 
 
-def test_lone_global_step_uses_the_clipped_mean_of_the_micro_steps():
+def test_lone_step_uses_clipped_mean():
     weight = torch.nn.Parameter(torch.zeros(3))
     weight.grad = torch.tensor([6.0, 0.0, 8.0])  # the sum of two micro-steps, accumulated in .grad
     averaged = [torch.empty(3)]
