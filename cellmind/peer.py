@@ -361,11 +361,12 @@ class ClippedGradientAverager(MemberCheckedGradientAverager):
     _rpc_handlers = None
     _stub_type = None
 
+    _mean_loaded = False
+    """Whether the averager's buffer contains this global step's clipped mean; cleared with the accumulators."""
+
     def __init__(self, *args, max_norm: float, **kwargs):
         self.max_norm = max_norm
         super().__init__(*args, **kwargs)
-
-    _mean_loaded = False
 
     @torch.no_grad()
     def load_accumulators_into_averager_(self):
@@ -382,7 +383,6 @@ class ClippedGradientAverager(MemberCheckedGradientAverager):
             if bool(torch.isfinite(norm)) and float(norm) > self.max_norm:
                 for gradient in averaged:
                     gradient.mul_(self.max_norm / float(norm))
-
 
     @torch.no_grad()
     def reset_accumulated_grads_(self):
@@ -417,7 +417,8 @@ def release_free_heap_memory() -> None:
 
     Call it right before Hivemind forks a process. Memory that torch freed (copies made while the optimizer is
     built, the first micro-steps' activations) stays resident in glibc's heap, and the fork inherits it
-    copy-on-write. Once this process reuses those pages, the fork keeps a private copy of each.
+    copy-on-write. Once this process reuses those pages, the fork keeps a private copy of each. ``gc.freeze()``
+    keeps the garbage collector from writing to the objects that exist now, which would copy their pages too.
     """
     gc.collect()
     gc.freeze()
