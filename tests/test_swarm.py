@@ -112,10 +112,19 @@ def test_peers_hold_same_parameters_after_global_step(swarm):
     # then on each averaged global step keeps them equal, up to rounding in Hivemind's all-reduce: gradients travel
     # as fp16 there, so each peer's Adam update differs from the others' by about 1e-6 after a few steps.
     first_together = int(swarm.joiner.wait_for(TOGETHER_LINE, STEP_TIMEOUT).group(1))
+    # A joiner whose download was already one global epoch old meets the others' rounds one epoch off, and its
+    # rounds fail (30 s each) until Hivemind catches it up. So the check takes the first parameter averaging
+    # round after which both peers took two global steps together.
     after_averaging = (first_together // AVERAGE_STATE_EVERY + 1) * AVERAGE_STATE_EVERY + 1
+    for _round in range(3):
+        rounds = [int(peer.wait_for(rf"global epoch {epoch} \| .* \| (\d+) peers in last round", STEP_TIMEOUT).group(1))
+                  for epoch in (after_averaging, after_averaging + 1) for peer in (swarm.joiner, swarm.bootstrap)]
+        if rounds == [2, 2, 2, 2]:
+            break
+        after_averaging += AVERAGE_STATE_EVERY
+    assert rounds == [2, 2, 2, 2], f"no two global steps together after three parameter averaging rounds: {rounds}"
     for epoch in (after_averaging, after_averaging + 1):
         for peer in (swarm.joiner, swarm.bootstrap):
-            peer.wait_for(rf"global epoch {epoch} \| .* \| 2 peers in last round", STEP_TIMEOUT)
             peer.wait_for(rf"Saved checkpoint .* at global epoch {epoch}$", STEP_TIMEOUT)
         joiner = load_checkpoint(swarm.checkpoint_dir("joiner") / numbered_name(epoch)).model_state
         bootstrap = load_checkpoint(swarm.checkpoint_dir("boot") / numbered_name(epoch)).model_state
