@@ -225,7 +225,15 @@ class TrainingGuard:
         try:
             if averager.finished_averaging_round.is_set():
                 return False
-            averager._load_local_tensors_into_averager_()  # NOTE: private in hivemind 1.1.12; recheck on upgrade
+            # The averager's process holds this lock while a scheduled round waits for its trigger, which the
+            # step thread gives only after taking lock_averaging: waiting here would stall that round.
+            if not averager.lock_averaged_tensors.acquire(block=False):
+                return False
+            try:  # NOTE: private in hivemind 1.1.12 (what _load_local_tensors_into_averager_ does under the lock)
+                for local, kept in zip(averager._local_tensors(), averager._averaged_tensors, strict=True):
+                    kept.copy_(local)
+            finally:
+                averager.lock_averaged_tensors.release()
             self._good_norm = self._parameter_norm()
             return True
         finally:

@@ -8,6 +8,7 @@ averages or roll back to their last good state, keep finite parameters, and keep
 
 import math
 import os
+import multiprocessing
 import re
 import threading
 from contextlib import contextmanager
@@ -100,8 +101,9 @@ class _FakeStateAverager:
     def __init__(self, opt):
         self.optimizer = opt
         self.lock_averaging = threading.Lock()
+        self.lock_averaged_tensors = multiprocessing.Lock()
         self.finished_averaging_round = threading.Event()
-        self.buffers = [tensor.detach().clone() for tensor in self._local_tensors()]
+        self.buffers = self._averaged_tensors = [tensor.detach().clone() for tensor in self._local_tensors()]
 
     def _local_tensors(self):
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -201,6 +203,10 @@ def test_guard_keeps_its_copy_in_the_averaging_buffers():
     with optimizer.state_averager.lock_averaging:  # a background averaging round owns the buffers
         with torch.no_grad():
             offloaded.add_(1.0)
+        assert guard.snapshot() is False
+    assert torch.equal(buffers[0], kept)
+
+    with optimizer.state_averager.lock_averaged_tensors:  # the averager's process is in a round
         assert guard.snapshot() is False
     assert torch.equal(buffers[0], kept)
 
