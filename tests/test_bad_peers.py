@@ -164,7 +164,7 @@ class _FakeOptimizer:
         self.downloads = 0
 
     def load_state_from_peers(self):
-        self.downloads += 1  # no peer answers: the state stays as it is
+        self.downloads += 1  # no peer sends a state: it stays as it is
 
 
 @pytest.mark.parametrize("poison", [math.nan, 1e30])
@@ -211,7 +211,7 @@ def test_guard_keeps_its_copy_in_the_averaging_buffers():
     assert torch.equal(buffers[0], kept)
 
 
-def test_guard_downloads_and_then_gives_up_when_its_copy_is_broken():
+def test_guard_gives_up_on_broken_copy():
     params = [torch.nn.Parameter(torch.randn(4))]
     optimizer = _FakeOptimizer(params)
     guard = TrainingGuard(optimizer)
@@ -234,7 +234,8 @@ def test_guard_skips_non_finite_micro_steps_and_catches_norm_jumps():
     assert optimizer.grad_averager.resets == 0
     params[0].grad = torch.tensor([1.0, math.inf, 0.0])  # the sum of what was accumulated is spoilt
     assert not guard.gradients_ok()
-    assert optimizer.grad_averager.resets == 1 and optimizer.tracker.reported == [(7, 0)]
+    assert optimizer.grad_averager.resets == 1
+    assert optimizer.tracker.reported == [(7, 0)]
     assert guard.skipped_micro_steps == 2
 
     with torch.no_grad():
