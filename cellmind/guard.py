@@ -121,7 +121,7 @@ def averaged_gradients_problem(optimizer, limits: HealthLimits = HealthLimits())
 
 
 def replace_poisoned_gradients(optimizer, log: RateLimitedLog) -> bool:
-    """Replace unusable averaged gradients with zeros for this global step; return whether it did.
+    """Drop unusable averaged gradients, so that this global step changes nothing; return whether it did.
 
     Every honest peer of the round does the same, so they stay equal. Hivemind's own fallback, loading this
     peer's accumulators, cannot serve here: with ``reuse_grad_buffers`` the accumulators are the very ``.grad``
@@ -131,13 +131,20 @@ def replace_poisoned_gradients(optimizer, log: RateLimitedLog) -> bool:
     if problem is None:
         return False
     log.warning("averaged gradients", f"Rejected the averaged gradients of this global step ({problem}); "
-                                      "this step applies no gradient")
-    with torch.no_grad():
-        for group in optimizer.opt.param_groups:
-            for parameter in group["params"]:
-                if parameter.grad is not None:
-                    parameter.grad.zero_()
+                                      "this step leaves the parameters as they are")
+    skip_update(optimizer)
     return True
+
+
+def skip_update(optimizer) -> None:
+    """Make this global step change nothing: AdamW leaves a parameter without a gradient as it is.
+
+    Zero gradients would still move every parameter by Adam's momentum, and a run of failed or rejected rounds
+    then keeps pushing in the last direction seen, which raised the loss in the bad-peer test.
+    """
+    for group in optimizer.opt.param_groups:
+        for parameter in group["params"]:
+            parameter.grad = None
 
 
 def averaged_state_problem(averager, limits: HealthLimits = HealthLimits()) -> str | None:

@@ -45,7 +45,9 @@ from hivemind.proto import runtime_pb2
 from cellmind.checkpoints import gpt_config_from, latest_path, load_latest_good, save_checkpoint
 from cellmind.config import Config
 from cellmind.errors import CheckpointError, ConfigError, SwarmError
-from cellmind.guard import RateLimitedLog, TrainingGuard, reject_poisoned_state, replace_poisoned_gradients
+from cellmind.guard import (
+    RateLimitedLog, TrainingGuard, reject_poisoned_state, replace_poisoned_gradients, skip_update,
+)
 from cellmind.i18n import _
 from cellmind.membership import (
     MemberCheck,
@@ -333,6 +335,13 @@ class CellMindOptimizer(hivemind.Optimizer):
             self.grad_averager.load_accumulators_into_averager_()
             self._load_averaged_gradients_into_optimizer_()
         return began
+
+    def _load_local_gradients_into_optimizer(self) -> None:
+        # Hivemind's fallback after a failed round. It has reset the accumulators as the round began, so this
+        # peer's own gradients are gone and the fallback would load zeros; the step is skipped instead.
+        super()._load_local_gradients_into_optimizer()
+        if self.grad_averager.local_times_accumulated == 0:
+            skip_update(self)
 
     def _update_global_epoch(self, grad_scaler) -> None:
         self.last_round_size = 1

@@ -257,7 +257,7 @@ def test_rate_limited_log_counts_what_it_leaves_out(caplog):
     assert caplog.records[-1].getMessage() == "bad loss (4 more since the last such message)"
 
 
-def test_poisoned_averaged_gradients_become_zeros():
+def test_poisoned_averaged_gradients_dropped():
     params = [torch.nn.Parameter(torch.ones(3))]
     optimizer = _FakeOptimizer(params)
     offloaded = optimizer.opt.param_groups[0]["params"][0]
@@ -268,4 +268,4 @@ def test_poisoned_averaged_gradients_become_zeros():
     for poison in (math.nan, 1e30):
         offloaded.grad = torch.full((3,), poison)
         assert replace_poisoned_gradients(optimizer, log)
-        assert torch.equal(offloaded.grad, torch.zeros(3))
+        assert offloaded.grad is None  # AdamW leaves the parameter as it is
