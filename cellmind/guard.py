@@ -7,8 +7,8 @@ Four checks, each cheap next to a micro-step:
   finite spoils the whole sum: the peer then drops what it accumulated since the last global step
   (:meth:`TrainingGuard.loss_ok`, :meth:`TrainingGuard.gradients_ok`).
 - **Averaged gradients** that are not finite, or whose norm exceeds :attr:`HealthLimits.gradient_trust_ratio`
-  times the norm an honest average can have, are not applied: the peer's update for that global step uses zero
-  gradients (Adam's momentum still moves it). Each peer's contribution is clipped to ``training.grad_clip``, so
+  times the norm an honest average can have, are not applied: that global step leaves the parameters and
+  Adam's moments as they are, as after a failed round. Each peer's contribution is clipped to ``training.grad_clip``, so
   an honest average is no longer than that. One peer sending NaN or values 1e30 times too large cannot steer the
   update (:func:`averaged_gradients_problem`).
 - **Averaged parameters**: the result of a parameter averaging round that is not finite, holds a value above
