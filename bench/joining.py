@@ -9,7 +9,7 @@ step, late joiners start one after the other. For each, the table gives three ti
 its DHT node is up; it has downloaded the swarm's parameters, optimizer statistics and global epoch ("Joined
 the swarm"); it starts its first micro-step (the "before training" log line). The last column is the CPU time
 the joiner's processes had used by then: where two training peers already keep the machine's cores busy, the
-joiner waits for a core, and its wall time says more about the machine than about the join.
+joiner waits for a core, and its wall time measures the machine more than the join.
 
 The same run records the peak memory of each training peer's whole process tree (the training process, its
 forked DHT and averager processes and p2pd), sampled twice a second through averaging rounds and the state

@@ -56,7 +56,7 @@ class HealthLimits:
     gradient_trust_ratio: float = 100.0
     """Averaged gradients may be at most this many times longer (in norm) than :attr:`gradient_norm_floor`."""
     gradient_norm_floor: float = 1.0
-    """The longest honest average: each peer clips its mean gradient to ``training.grad_clip`` (1.0 by default)."""
+    """The maximum norm of an honest average, because each peer clips its mean gradient to ``training.grad_clip`` (1.0 by default)."""
 
 
 class RateLimitedLog:
@@ -89,8 +89,8 @@ def gradient_norm(parameters) -> torch.Tensor:
 def tensors_problem(tensors, max_abs: float) -> str | None:
     """Why ``tensors`` are broken (not finite, or an element above ``max_abs``), or None if they are not.
 
-    One vectorized pass per tensor and no temporary copy (``aminmax``; ``isfinite`` and ``abs`` each take ten
-    times longer on a CPU): the extremes are NaN or infinite exactly when some element is.
+    Each tensor takes one vectorized ``aminmax`` pass with no temporary copy, where ``isfinite`` and ``abs`` each
+    take ten times longer on a CPU. The extremes are NaN or infinite exactly when some element is.
     """
     for tensor in tensors:
         if not tensor.is_floating_point() or tensor.numel() == 0:
@@ -305,7 +305,7 @@ class TrainingGuard:
     # the checks the training loop calls
 
     def loss_ok(self, loss: torch.Tensor) -> bool:
-        """Whether a micro-step's loss is finite, so that it may be backpropagated; checks the state if not.
+        """Return whether a micro-step's loss is finite, so that it may be backpropagated; check the state if not.
 
         A non-finite loss can also mean that this peer's parameters broke (a poisoned average applied in the
         background), in which case they are rolled back at once rather than at the next global step, which a
@@ -317,7 +317,7 @@ class TrainingGuard:
         return False
 
     def gradients_ok(self) -> bool:
-        """Whether the gradients accumulated in ``.grad`` are finite; drops the whole accumulation if not.
+        """Return whether the gradients accumulated in ``.grad`` are finite; drop the whole accumulation if not.
 
         The last micro-step is the one that broke them, since every earlier one was checked, but its gradients
         cannot be taken out of the sum.

@@ -23,8 +23,8 @@ class GPTConfig:
     """Dropout on the attention and MLP outputs and on the embeddings."""
     attention_dropout: float = 0.0
     """Dropout on the attention probabilities. Above 0, PyTorch's CPU attention falls back to its math kernel,
-    which keeps every head's T x T probabilities for backward: 120 MiB more at the peak of a 23M-model
-    micro-step of 2 x 256 tokens, and 11% slower (bench/memory.py and a one-off probe, see docs/benchmarks.md)."""
+    which keeps every head's T x T probabilities for backward. A 23M-model micro-step of 2 x 256 tokens then
+    peaks 120 MiB higher and runs 11% slower (measured in docs/benchmarks.md)."""
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:

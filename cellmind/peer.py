@@ -337,8 +337,8 @@ class CellMindOptimizer(hivemind.Optimizer):
         return began
 
     def _load_local_gradients_into_optimizer(self) -> None:
-        # Hivemind's fallback after a failed round. It has reset the accumulators as the round began, so this
-        # peer's own gradients are gone and the fallback would load zeros; the step is skipped instead.
+        # Hivemind's fallback after a failed round. It reset the accumulators as the round began, so this peer's
+        # own gradients are gone and the fallback would load zeros. The step is skipped instead.
         super()._load_local_gradients_into_optimizer()
         if self.grad_averager.local_times_accumulated == 0:
             skip_update(self)
@@ -361,7 +361,7 @@ class ClippedGradientAverager(MemberCheckedGradientAverager):
     """A gradient averager that clips this peer's mean gradient to ``max_norm`` before it is averaged.
 
     With ``reuse_grad_buffers`` the micro-steps' gradients add up in ``.grad``, so they cannot be clipped one by
-    one; their mean over the global step is clipped instead, as single-process training with gradient
+    one. Their mean over the global step is clipped instead, as single-process training with gradient
     accumulation does. The clip applies to what a peer sends into a round and to its own gradients when it steps
     alone, so an honest average is never longer than ``max_norm`` (which the guard relies on).
     """
@@ -879,7 +879,7 @@ def run_peer(options: PeerOptions) -> int:
 
 
 OPEN_FILES_WANTED = 4096
-"""Open files a peer requests: each tensor it shares with its averager processes holds a file descriptor (about
+"""Open files a peer requests: each tensor it shares with its averager processes keeps a file descriptor open (about
 400 for the 23M model), and macOS starts programs with a soft limit of 256."""
 
 

@@ -194,7 +194,7 @@ def test_payload_without_required_entries_is_rejected(tmp_path):
         load_checkpoint(path)
 
 
-def test_header_is_padded_to_fixed_length_and_matches_payload(tmp_path):
+def test_header_padded_and_matches_payload(tmp_path):
     path = save(tmp_path, tiny_model(), global_epoch=4, keep=0)
     data = path.read_bytes()
     header_end = data.index(b"\n", len(MAGIC)) + 1
